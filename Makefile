@@ -1,0 +1,30 @@
+# The two commands: `make reproduce` and `make test`. Both create .venv on first use.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+# torch is served from this machine's disk; plain pip, no uv/poetry.
+TORCH   := torch==2.14.1 torchvision==0.29.1
+
+.PHONY: test reproduce bench venv clean
+
+venv: $(STAMP)
+
+# Re-install when pyproject.toml changes (the stamp is older than it).
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check $(TORCH)
+	$(BIN)/pip install --quiet --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+reproduce: $(STAMP)
+	$(BIN)/cnnlab reproduce --out runs/reproduce
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/ops.py
+
+clean:
+	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,58 @@
+"""The `cnnlab` command line: one module per group of subcommands.
+
+Each module in `COMMAND_MODULES` has `register(subparsers)`, which adds its subcommands and sets
+`func(args) -> int` on each. A `UserError` (or `ValueError` from argument parsing helpers) becomes
+one line on stderr and exit status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from cnnlab import __version__
+from cnnlab.errors import UserError
+
+COMMAND_MODULES = [
+    "summary",    # cnnlab summary
+    "check",      # cnnlab check
+    "train",      # cnnlab train
+    "evaluate",   # cnnlab evaluate, cnnlab predict
+    "edges",      # cnnlab edges
+    "reproduce",  # cnnlab reproduce
+    "paddle",     # cnnlab convert-paddle, cnnlab export-paddle
+]
+
+
+class _Parser(argparse.ArgumentParser):
+    # argparse exits with status 2 on a usage error already; keep its message to one line.
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message}\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="cnnlab", description=__doc__.splitlines()[0])
+    parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+    for name in COMMAND_MODULES:
+        importlib.import_module(f"cnnlab.cli.{name}").register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except UserError as err:
+        print(f"cnnlab {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"cnnlab {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

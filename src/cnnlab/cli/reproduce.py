@@ -1,0 +1,5 @@
+"""Subcommands of `cnnlab` in this module: not implemented yet."""
+
+
+def register(sub):
+    pass
