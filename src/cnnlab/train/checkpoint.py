@@ -81,3 +81,27 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     if not isinstance(payload, dict) or payload.get("format") != "cnnlab.checkpoint":
         raise CorruptCheckpointError(f"{path} does not hold a cnnlab checkpoint payload")
     return payload
+
+
+def model_payload(model_name: str, model_kwargs: dict, model: torch.nn.Module, **extra) -> dict:
+    """The minimal payload for a model: enough for `load_model` to rebuild it."""
+    return {
+        "format": "cnnlab.checkpoint",
+        "version": VERSION,
+        "model": {"name": model_name, "kwargs": dict(model_kwargs)},
+        "state_dict": model.state_dict(),
+        **extra,
+    }
+
+
+def load_model(path, map_location="cpu", **override_kwargs):
+    """Rebuild the model a checkpoint names and load its weights strictly -> (model, payload)."""
+    from cnnlab.models import build_model  # lazy: models import nothing from train
+
+    payload = load_checkpoint(path, map_location=map_location)
+    spec = payload.get("model") or {}
+    if "name" not in spec:
+        raise CorruptCheckpointError(f"{path} does not say which model it holds")
+    model = build_model(spec["name"], **{**spec.get("kwargs", {}), **override_kwargs})
+    model.load_state_dict(payload["state_dict"])
+    return model, payload
