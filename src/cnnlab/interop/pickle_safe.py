@@ -1,0 +1,127 @@
+"""Read and write the pickles of `.pdparams` files without trusting them.
+
+A pickle can name any importable callable and call it (`os.system`, `builtins.eval`, ...), so
+`pickle.load` on a file from someone else runs their code. A `.pdparams` file written by
+`paddle.save(layer.state_dict(), path)` only needs numpy arrays and dtypes inside plain dicts, so the
+unpickler below maps the handful of globals such a file uses to fixed objects and refuses every
+other global before anything is called. It never imports a module by a name found in the file.
+
+The writer does the reverse and names numpy's helpers by their numpy 1.x path
+(`numpy.core.multiarray._reconstruct`), which numpy 1.x and 2.x both load; the 2.x default path
+(`numpy._core...`) does not exist in the numpy 1.x of older Paddle installs.
+"""
+
+from __future__ import annotations
+
+import codecs
+import io
+import pickle
+
+import numpy as np
+
+from cnnlab.errors import UserError
+
+try:  # numpy >= 2
+    from numpy._core import multiarray as _multiarray
+    from numpy._core import numeric as _numeric
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core import multiarray as _multiarray
+    from numpy.core import numeric as _numeric
+
+
+class UnsafePickleError(UserError):
+    """The pickle asks for a global a `.pdparams` file never needs; nothing was executed."""
+
+
+def _reconstruct(subtype, shape, dtype):
+    # numpy's helper builds an empty array of `subtype`; only plain ndarrays are allowed here.
+    if subtype is not np.ndarray:
+        raise pickle.UnpicklingError(f"refusing to build an array of type {subtype!r}")
+    return _multiarray._reconstruct(subtype, shape, dtype)
+
+
+def _encode(text="", encoding="latin1", errors="strict"):
+    # Protocol 2 pickles (Python 3) store bytes as `_codecs.encode(str, "latin1")`.
+    if not isinstance(text, str) or codecs.lookup(encoding).name != "iso8859-1":
+        raise pickle.UnpicklingError(f"refusing _codecs.encode with encoding {encoding!r}")
+    return text.encode("latin1", errors)
+
+
+def _bytes(*args):
+    # Protocol 2 pickles write b"" as `bytes()`; never allow `bytes(n)` (an n-byte allocation).
+    if args and not isinstance(args[0], (str, bytes, list, tuple)):
+        raise pickle.UnpicklingError("refusing bytes() of a non-sequence")
+    return bytes(*args)
+
+
+# (module, name) as it appears in the file -> the object used instead. Nothing else is allowed.
+_ALLOWED = {
+    ("numpy.core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy._core.multiarray", "_reconstruct"): _reconstruct,
+    ("numpy.core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy._core.multiarray", "scalar"): _multiarray.scalar,
+    ("numpy.core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy._core.numeric", "_frombuffer"): _numeric._frombuffer,
+    ("numpy", "ndarray"): np.ndarray,
+    ("numpy", "dtype"): np.dtype,
+    ("collections", "OrderedDict"): dict,  # order is kept by plain dicts
+    ("_codecs", "encode"): _encode,
+    ("builtins", "bytes"): _bytes,
+    ("__builtin__", "bytes"): _bytes,
+}
+
+
+class RestrictedUnpickler(pickle.Unpickler):
+    """`pickle.Unpickler` that resolves only the globals in `_ALLOWED`; see the module docstring."""
+
+    def find_class(self, module, name):
+        try:
+            return _ALLOWED[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"refusing the global `{module}.{name}`: a .pdparams file holds only numpy arrays, "
+                "so this pickle tries to run other code; nothing was executed"
+            ) from None
+
+    def persistent_load(self, pid):
+        raise pickle.UnpicklingError("persistent ids are not used by .pdparams files")
+
+
+def safe_load(data: bytes):
+    """Unpickle `data` allowing only numpy arrays, dtypes, scalars and plain containers.
+
+    Raises `UnsafePickleError` for any other global; other pickle errors pass through."""
+    # latin1: pickles from Python 2 (old Paddle) store numpy buffers as byte strings.
+    return RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
+
+
+# Written by name, not by the function's own __module__ (see the module docstring).
+_WRITE_NAMES = {
+    id(_multiarray._reconstruct): ("numpy.core.multiarray", "_reconstruct"),
+    id(np.ndarray): ("numpy", "ndarray"),
+    id(np.dtype): ("numpy", "dtype"),
+}
+
+
+class _PdparamsPickler(pickle._Pickler):  # the Python pickler: its save_global can be overridden
+    def save_global(self, obj, name=None):
+        alias = _WRITE_NAMES.get(id(obj))
+        if alias is None:
+            raise pickle.PicklingError(f"a .pdparams file holds only numpy arrays, not {obj!r}")
+        module, qualname = alias
+        if self.proto >= 4:
+            self.save(module)
+            self.save(qualname)
+            self.write(pickle.STACK_GLOBAL)
+        else:
+            self.write(pickle.GLOBAL + f"{module}\n{qualname}\n".encode("utf-8"))
+        self.memoize(obj)
+
+
+def dumps_arrays(obj: dict, protocol: int = 4) -> bytes:
+    """Pickle a dict of numpy arrays (and a dict of strings) as `paddle.save` does (protocol 4)."""
+    if protocol not in (2, 3, 4):
+        raise ValueError(f"paddle.save writes pickle protocol 2, 3 or 4, got {protocol}")
+    buf = io.BytesIO()
+    _PdparamsPickler(buf, protocol=protocol).dump(obj)
+    return buf.getvalue()
