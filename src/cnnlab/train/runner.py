@@ -1,0 +1,334 @@
+"""`Runner`: the lab's RunnerV3 (nndl) in PyTorch — train, evaluate, predict, save, load.
+
+The contract follows the lab (seed text §5.3.3-5.3.5):
+- `train(train_loader, dev_loader, num_epochs, log_steps, eval_steps, save_path)`; the step index
+  `s` counts optimizer updates from 0. The loss of step `s` is logged when `s % log_steps == 0`
+  (so step 0 is logged); after the update of step `s` the model is evaluated on the dev set when
+  `s > 0 and (s % eval_steps == 0 or s == total_steps - 1)` — with 80 steps: 15, 30, 45, 60, 75, 79.
+- The model is saved to `save_path` whenever the dev score strictly improves on the best so far
+  (the first finite score counts as an improvement; a NaN score never does).
+- `evaluate(loader) -> (score, loss)`, both averaged over samples (the lab averages the loss over
+  batches, which over-weights a short last batch). `loss_fn` must return the batch mean, as
+  `F.cross_entropy` does.
+- Histories as plain floats: `train_step_losses` [(step, loss)], `dev_losses` [(step, loss)],
+  `dev_scores` [(step, score)], `train_epoch_losses` [loss] (sample-weighted epoch means).
+
+All mutable training state (step, epoch, best score, histories, optimizer, scheduler) lives on the
+Runner and round-trips through `state_dict()` / `load_state_dict()`; every checkpoint is built by
+`_checkpoint_payload()` and written by `cnnlab.train.checkpoint.save_checkpoint` (atomic, hashed).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from cnnlab.errors import UserError
+from cnnlab.train import checkpoint as ckpt
+
+
+def resolve_device(device="auto") -> torch.device:
+    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a UserError."""
+    if isinstance(device, torch.device):
+        return device
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
+    try:
+        return torch.device(device)
+    except RuntimeError as err:
+        raise UserError(f"unknown device {device!r}: expected auto, cpu or cuda") from err
+
+
+class Runner:
+    """Trains `model` with `optimizer` on `loss_fn`, scoring the dev set with `metric`.
+
+    device: "auto" | "cpu" | "cuda"; the model is moved there, batches are moved per step.
+    scheduler: optional LR scheduler, stepped once per epoch.
+    progress: show a rich progress bar (only when stdout is a terminal).
+    log: print the lab's "[Train] ..." / "[Evaluate] ..." lines.
+    model_spec: {"name", "kwargs"} for `cnnlab.models.build_model`, stored in checkpoints so
+        `checkpoint.load_model` can rebuild the model; config: the run's settings, stored too.
+    """
+
+    def __init__(self, model, optimizer, loss_fn, metric, device="auto", scheduler=None,
+                 progress=True, log=True, model_spec=None, config=None):
+        self.device = resolve_device(device)
+        self.model = model.to(self.device)  # in place: the optimizer keeps its parameters
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.metric = metric
+        self.scheduler = scheduler
+        self.progress = progress
+        self.log = log
+        self.model_spec = dict(model_spec or {"name": type(model).__name__, "kwargs": {}})
+        self.config = dict(config or {})
+        self._bar = None
+        self.reset_state()
+
+    # ------------------------------------------------------------------ state
+    def reset_state(self):
+        """Training state of a fresh run (the model and optimizer are left as they are)."""
+        self.global_step = 0      # optimizer updates done; the next step has this index
+        self.epoch = 0            # epochs completed
+        self.best_score = -math.inf
+        self.best_step = None
+        self.train_step_losses: list[tuple[int, float]] = []
+        self.dev_losses: list[tuple[int, float]] = []
+        self.dev_scores: list[tuple[int, float]] = []
+        self.train_epoch_losses: list[float] = []
+        self._epoch_loss_sum = 0.0   # sample-weighted loss sum of the current epoch so far
+        self._epoch_samples = 0
+        self._pending = []           # (step, detached loss, batch size) not yet turned into floats
+
+    def state_dict(self) -> dict:
+        """Everything that changes while training, except the model weights."""
+        self._flush()
+        return {
+            "step": self.global_step,
+            "epoch": self.epoch,
+            "best_score": None if self.best_score == -math.inf else self.best_score,
+            "best_step": self.best_step,
+            "history": self.history(),
+            "epoch_partial": {"loss_sum": self._epoch_loss_sum, "samples": self._epoch_samples},
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+        }
+
+    def load_state_dict(self, state: dict):
+        self.reset_state()
+        self.global_step = int(state["step"])
+        self.epoch = int(state["epoch"])
+        best = state.get("best_score")
+        self.best_score = -math.inf if best is None else float(best)
+        self.best_step = state.get("best_step")
+        hist = state.get("history") or {}
+        self.train_step_losses = [(int(s), float(v)) for s, v in hist.get("train_step_losses", [])]
+        self.dev_losses = [(int(s), float(v)) for s, v in hist.get("dev_losses", [])]
+        self.dev_scores = [(int(s), float(v)) for s, v in hist.get("dev_scores", [])]
+        self.train_epoch_losses = [float(v) for v in hist.get("train_epoch_losses", [])]
+        partial = state.get("epoch_partial") or {}
+        self._epoch_loss_sum = float(partial.get("loss_sum", 0.0))
+        self._epoch_samples = int(partial.get("samples", 0))
+        if state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+
+    def history(self) -> dict:
+        """The recorded curves as JSON-ready plain numbers."""
+        self._flush()
+        return {
+            "train_step_losses": [list(p) for p in self.train_step_losses],
+            "dev_losses": [list(p) for p in self.dev_losses],
+            "dev_scores": [list(p) for p in self.dev_scores],
+            "train_epoch_losses": list(self.train_epoch_losses),
+            "best_score": None if self.best_score == -math.inf else self.best_score,
+            "best_step": self.best_step,
+        }
+
+    def write_history(self, path) -> Path:
+        """Write `history()` as JSON (temp file + rename, so a reader never sees half a file)."""
+        return write_json(path, self.history())
+
+    # ------------------------------------------------------------- checkpoints
+    def _checkpoint_payload(self, full: bool = False) -> dict:
+        """The one place a checkpoint payload is built.
+
+        full=False (best.pt): weights, model spec, config, and the step/score they belong to.
+        full=True: also the whole trainer `state_dict()` (optimizer, scheduler, histories).
+        """
+        extra = {"config": self.config, "step": self.global_step, "epoch": self.epoch,
+                 "best_score": None if self.best_score == -math.inf else self.best_score}
+        if full:
+            extra.update(self.state_dict())
+        return ckpt.model_payload(self.model_spec["name"], self.model_spec.get("kwargs", {}),
+                                  self.model, **extra)
+
+    def save_model(self, path, full: bool = False) -> Path:
+        return ckpt.save_checkpoint(path, self._checkpoint_payload(full=full))
+
+    def load_model(self, path):
+        """Load the weights of a checkpoint written by `save_model` into this Runner's model."""
+        payload = ckpt.load_checkpoint(path, map_location=self.device)
+        try:
+            self.model.load_state_dict(payload["state_dict"])
+        except RuntimeError as err:
+            raise UserError(f"checkpoint {path} does not fit this model: {err}") from err
+        return payload
+
+    # ---------------------------------------------------------------- training
+    def train(self, train_loader, dev_loader=None, num_epochs=0, log_steps=100, eval_steps=0,
+              save_path="best.pt"):
+        """Train up to `num_epochs` epochs in total (continuing from `self.epoch`)."""
+        if eval_steps and dev_loader is None:
+            raise ValueError("eval_steps > 0 needs a dev_loader")
+        steps_per_epoch = len(train_loader)
+        total_steps = num_epochs * steps_per_epoch
+        self._log_steps, self._eval_steps = log_steps, eval_steps
+        self._total_steps, self._num_epochs = total_steps, num_epochs
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        with self._progress_bar(total_steps):
+            while self.epoch < num_epochs:
+                # Steps of this epoch already done (non-zero only when resuming mid-epoch; the
+                # loader must then replay that epoch's order).
+                skip = self.global_step - self.epoch * steps_per_epoch
+                for i, (x, y) in enumerate(train_loader):
+                    if i < skip:
+                        continue
+                    self._train_step(x, y)
+                    step = self.global_step - 1
+                    if eval_steps and step > 0 and (step % eval_steps == 0 or step == total_steps - 1):
+                        self._evaluate_and_save(dev_loader, step, save_path)
+                self._end_epoch()
+        self._print("[Train] Training done!")
+        return self.history()
+
+    def _train_step(self, x, y):
+        x = x.to(self.device, non_blocking=True)
+        y = y.to(self.device, non_blocking=True)
+        step = self.global_step
+        loss = self.loss_fn(self.model(x), y)
+        # Losses stay tensors until a log/eval/epoch end needs them: no sync on every step.
+        self._pending.append((step, loss.detach(), y.shape[0]))
+        if self._log_steps and step % self._log_steps == 0:
+            self._flush()
+            self._print(f"[Train] epoch: {self.epoch}/{self._num_epochs}, step: {step}/"
+                        f"{self._total_steps}, loss: {self.train_step_losses[-1][1]:.5f}")
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        if self._bar is not None:
+            self._bar[0].update(self._bar[1], advance=1)
+
+    def _evaluate_and_save(self, dev_loader, step, save_path):
+        score, loss = self.evaluate(dev_loader, global_step=step)
+        self._print(f"[Evaluate] dev score: {score:.5f}, dev loss: {loss:.5f}")
+        if score > self.best_score:  # False for NaN: a NaN score is never best
+            old = self.best_score
+            self.best_score, self.best_step = score, step
+            if save_path:
+                self.save_model(save_path)
+            self._print(f"[Evaluate] best accuracy performence has been updated: "
+                        f"{max(old, 0.0):.5f} --> {score:.5f}")
+        self.model.train()
+
+    def _end_epoch(self):
+        self._flush()
+        self.train_epoch_losses.append(self._epoch_loss_sum / max(self._epoch_samples, 1))
+        self._epoch_loss_sum, self._epoch_samples = 0.0, 0
+        self.epoch += 1
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+    def _flush(self):
+        """Turn pending loss tensors into floats (one device sync for all of them)."""
+        if not self._pending:
+            return
+        values = torch.stack([p[1] for p in self._pending]).float().tolist()
+        for (step, _, n), v in zip(self._pending, values):
+            self.train_step_losses.append((step, v))
+            self._epoch_loss_sum += v * n
+            self._epoch_samples += n
+        self._pending = []
+        if self._bar is not None:
+            self._bar[0].update(self._bar[1], loss=f"{values[-1]:.4f}")
+
+    # -------------------------------------------------------- evaluate/predict
+    @torch.no_grad()
+    def evaluate(self, loader, global_step=None):
+        """-> (score, loss) over every sample of `loader`; recorded in the history when
+        `global_step` is given."""
+        was_training = self.model.training
+        self.model.eval()
+        self.metric.reset()
+        total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
+        n = 0
+        for x, y in loader:
+            x = x.to(self.device, non_blocking=True)
+            y = y.to(self.device, non_blocking=True)
+            logits = self.model(x)
+            total_loss += self.loss_fn(logits, y).double() * y.shape[0]
+            self.metric.update(logits, y)
+            n += y.shape[0]
+        self.model.train(was_training)
+        if n == 0:
+            raise UserError("cannot evaluate on an empty data set")
+        score = float(self.metric.accumulate())
+        loss = float(total_loss) / n
+        if global_step is not None:
+            self.dev_losses.append((int(global_step), loss))
+            self.dev_scores.append((int(global_step), score))
+            if self._bar is not None:
+                self._bar[0].update(self._bar[1], dev=f"{score:.4f}")
+        return score, loss
+
+    @torch.no_grad()
+    def predict(self, x):
+        """Model outputs (logits) for a batch x [B,C,H,W], in eval mode."""
+        was_training = self.model.training
+        self.model.eval()
+        out = self.model(x.to(self.device))
+        self.model.train(was_training)
+        return out
+
+    # ----------------------------------------------------------------- output
+    def _print(self, line):
+        if not self.log:
+            return
+        if self._bar is not None:
+            self._bar[0].console.print(line, highlight=False, markup=False)
+        else:
+            print(line, flush=True)
+
+    def _progress_bar(self, total):
+        return _Bar(self, total)
+
+
+class _Bar:
+    """Context manager: a rich progress bar on a terminal, nothing otherwise."""
+
+    def __init__(self, runner, total):
+        self.runner, self.total = runner, total
+
+    def __enter__(self):
+        if not (self.runner.progress and sys.stdout.isatty()):
+            return None
+        from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                   TimeElapsedColumn, TimeRemainingColumn)
+        bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
+                       TextColumn("loss {task.fields[loss]}  dev {task.fields[dev]}"),
+                       TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+        task = bar.add_task("train", total=self.total, completed=self.runner.global_step,
+                            loss="-", dev="-")
+        bar.start()
+        self.runner._bar = (bar, task)
+        return bar
+
+    def __exit__(self, *exc):
+        if self.runner._bar is not None:
+            self.runner._bar[0].stop()
+            self.runner._bar = None
+        return False
+
+
+def write_json(path, obj) -> Path:
+    """Write `obj` as indented JSON through a temp file and a rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    try:
+        tmp.write_text(json.dumps(obj, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError as err:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
+    return path
