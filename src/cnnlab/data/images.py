@@ -1,0 +1,55 @@
+"""User image files for `cnnlab predict` and `cnnlab edges`.
+
+An arbitrary picture is brought to what the models saw in training:
+1. converted to one grey channel (PIL mode "L"; colour and alpha are dropped),
+2. resized to 28x28 with PIL bilinear (the size of an MNIST digit),
+3. inverted when it looks like dark ink on light paper (MNIST digits are light on a dark
+   background): with `invert="auto"` when the mean of its border pixels is above 127,
+4. then preprocessed exactly like the training images (bilinear 28->32, (x - 127.5) / 127.5).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from cnnlab.errors import UserError
+from cnnlab.data.mnist import preprocess
+
+
+def load_image(path) -> Image.Image:
+    """Open an image file as a grey PIL image; unreadable files raise a one-line UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                # Composite onto white so transparent areas do not turn black.
+                img = img.convert("RGBA")
+                back = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                img = Image.alpha_composite(back, img)
+            return img.convert("L")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP, GIF or "
+                        "other image file Pillow can open") from err
+
+
+def prepare_image(img: Image.Image, invert="auto"):
+    """Grey PIL image -> (raw uint8 [28,28], model input float32 [1,1,32,32])."""
+    raw = np.asarray(img.convert("L").resize((28, 28), Image.Resampling.BILINEAR), dtype=np.uint8)
+    if invert == "auto":
+        border = np.concatenate([raw[0], raw[-1], raw[1:-1, 0], raw[1:-1, -1]])
+        invert = border.mean() > 127
+    if invert is True or invert == "yes":
+        raw = 255 - raw
+    return raw, preprocess(raw[None])
+
+
+def image_batch(paths, invert="auto") -> torch.Tensor:
+    """Several image files -> float32 [N,1,32,32] ready for a model trained on the lab's data."""
+    return torch.cat([prepare_image(load_image(p), invert)[1] for p in paths])
