@@ -104,8 +104,8 @@ def check_resnet18(conv_impl: str = "native", reverse: bool = False, batch: int 
     reverse=False: torchvision's weights (BN randomised) loaded into ours; reverse=True: ours
     (BN randomised) loaded into torchvision's. Both loads are strict.
     """
-    direction = "ours -> torchvision" if reverse else "torchvision -> ours"
-    name = f"resnet18[{conv_impl}] vs torchvision resnet18 ({direction} weights)"
+    direction = "ours->torchvision" if reverse else "torchvision->ours"
+    name = f"resnet18[{conv_impl}] vs torchvision resnet18, weights {direction}"
     try:
         ours, theirs = _resnet_pair(conv_impl, seed)
         g = torch.Generator().manual_seed(seed + 1)
