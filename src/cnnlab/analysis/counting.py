@@ -195,7 +195,9 @@ def summarize(model: nn.Module, input_size, name: str | None = None) -> Summary:
     Runs in eval mode without gradients (BatchNorm on a 1x1 map of one image cannot run in train
     mode, and the running statistics must not move); the model's mode is restored afterwards.
     """
-    leaves = [(n, m) for n, m in model.named_modules() if n and not any(m.children())]
+    # Leaf modules; a model that is itself a single layer is its own leaf, named by its type.
+    leaves = [(n or type(m).__name__, m) for n, m in model.named_modules()
+              if not any(m.children())]
     rows: list[LayerRow] = []
     seen: set[int] = set()
 
