@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from cnnlab import ops
+from cnnlab.ops._checks import POOL_MODES, OpError, check_impl
 
 
 def _pair(v):
@@ -24,6 +25,7 @@ class Conv2D(nn.Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, bias=True,
                  impl="fast"):
         super().__init__()
+        check_impl("Conv2D", impl)    # fail at construction, not at the first forward
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.kernel_size = _pair(kernel_size)
@@ -55,6 +57,9 @@ class Pool2D(nn.Module):
 
     def __init__(self, kernel_size=2, stride=None, padding=0, mode="max", impl="fast"):
         super().__init__()
+        check_impl("Pool2D", impl)
+        if mode not in POOL_MODES:
+            raise OpError("Pool2D", f"expected mode in {POOL_MODES}, got {mode!r}")
         self.kernel_size = _pair(kernel_size)
         self.stride = self.kernel_size if stride is None else _pair(stride)
         self.padding = _pair(padding)

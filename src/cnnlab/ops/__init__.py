@@ -6,31 +6,51 @@ One functional API whatever the implementation (`impl`):
 - "native": torch.nn.functional, the reference for tests and benchmarks.
 
 Output size (per spatial dim): M' = (M + 2P - U) // S + 1.
+Bad arguments raise `OpError` (a ValueError) naming the operator and saying expected vs got.
 """
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 
-IMPLS = ("reference", "fast", "native")
+from . import fast_conv, fast_pool, reference
+from ._checks import IMPLS, POOL_MODES, OpError, check_conv, check_pool
+from .edges import LAPLACIAN_KERNEL, laplacian_edges
+
+__all__ = ["conv2d", "pool2d", "laplacian_edges", "LAPLACIAN_KERNEL", "OpError", "IMPLS",
+           "POOL_MODES"]
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, impl="fast"):
     """Cross-correlation of x [B,D,M,N] with weight [P,D,U,V] (+ bias [P]) -> [B,P,M',N'].
 
-    The lab's single-channel form is accepted too: x [B,M,N] with a [U,V] kernel -> [B,M',N'].
+    stride and padding: an int or an (h, w) pair. The lab's single-channel form is accepted too:
+    x [B,M,N] with a [U,V] kernel (bias: one value) -> [B,M',N'].
     """
+    a = check_conv(x, weight, bias, stride, padding, impl)
     if impl == "native":
-        return F.conv2d(x, weight, bias, stride=stride, padding=padding)
-    raise NotImplementedError(impl)
+        y = F.conv2d(a.x, a.weight, a.bias, stride=a.stride, padding=a.padding)
+    elif impl == "reference":
+        y = reference.conv2d(a.x, a.weight, a.bias, a.stride, a.padding)
+    else:
+        y = fast_conv.conv2d(a.x, a.weight, a.bias, a.stride, a.padding)
+    return y[:, 0] if a.single_channel else y
 
 
 def pool2d(x, kernel_size, stride=None, padding=0, mode="max", impl="fast"):
-    """Max or average pooling of x [B,C,M,N] -> [B,C,M',N']; stride defaults to kernel_size."""
+    """Max or average pooling of x [B,C,M,N] (or [C,M,N]) -> [B,C,M',N'].
+
+    stride defaults to kernel_size (non-overlapping windows). Max pooling ignores the padding;
+    average pooling divides by the full window size U*V, padding included (the lab's mean).
+    """
+    a = check_pool(x, kernel_size, stride, padding, mode, impl)
     if impl == "native":
-        stride = kernel_size if stride is None else stride
         if mode == "max":
-            return F.max_pool2d(x, kernel_size, stride, padding)
-        return F.avg_pool2d(x, kernel_size, stride, padding, count_include_pad=True)
-    raise NotImplementedError(impl)
+            y = F.max_pool2d(a.x, a.kernel, a.stride, a.padding)
+        else:
+            y = F.avg_pool2d(a.x, a.kernel, a.stride, a.padding, count_include_pad=True)
+    elif impl == "reference":
+        y = reference.pool2d(a.x, a.kernel, a.stride, a.padding, mode)
+    else:
+        y = fast_pool.pool2d(a.x, a.kernel, a.stride, a.padding, mode)
+    return y[0] if a.unbatched else y

@@ -1,0 +1,213 @@
+"""Our operators vs torch's on the same seeded inputs: outputs and gradients of x, weight, bias.
+
+`helper_test_op` (after tinygrad's) runs both on copies of one input and compares everything.
+Sweeps kernel sizes (rectangular too), strides (incl. stride > kernel), paddings, odd sizes,
+batch 1, non-contiguous and channels-last inputs, and forces every fast-conv algorithm.
+"""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from cnnlab.ops import fast_conv
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+def helper_test_op(ours, theirs, tensors, atol=1e-10, rtol=1e-7):
+    """Compare ours(*tensors) with theirs(*tensors): output, then every input's gradient."""
+    a = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    b = [t.detach().clone().requires_grad_(t.is_floating_point()) for t in tensors]
+    ya, yb = ours(*a), theirs(*b)
+    torch.testing.assert_close(ya, yb, atol=atol, rtol=rtol)
+    g = torch.randn_like(yb)
+    ga = torch.autograd.grad(ya, a, g)
+    gb = torch.autograd.grad(yb, b, g)
+    for name, x, y in zip(["x", "weight", "bias"], ga, gb):
+        torch.testing.assert_close(x, y, atol=atol, rtol=rtol, msg=lambda m, n=name: f"d{n}: {m}")
+    return ya
+
+
+def conv_inputs(b, d, p, m, n, u, v, dtype=torch.float64, device="cpu", seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(b, d, m, n, dtype=dtype, generator=gen)
+    w = torch.randn(p, d, u, v, dtype=dtype, generator=gen)
+    bias = torch.randn(p, dtype=dtype, generator=gen)
+    return x.to(device), w.to(device), bias.to(device)
+
+
+# (B, D, P, M, N, U, V, stride, padding)
+SWEEP = [
+    (2, 3, 4, 8, 8, 3, 3, 1, 1),
+    (2, 3, 4, 8, 8, 3, 3, 2, 1),
+    (1, 2, 3, 9, 7, 3, 2, 1, 0),             # batch 1, odd sizes, rectangular kernel
+    (2, 2, 3, 7, 9, 2, 3, (2, 3), (1, 2)),   # rectangular stride and padding
+    (2, 3, 2, 9, 9, 2, 2, 3, 0),             # stride > kernel
+    (2, 3, 2, 10, 10, 3, 3, 4, 2),           # stride > kernel with padding
+    (2, 1, 6, 12, 12, 5, 5, 1, 0),           # LeNet conv1 (small)
+    (2, 2, 3, 6, 6, 7, 7, 2, 3),             # kernel larger than the unpadded input
+    (2, 4, 3, 5, 5, 1, 1, 1, 0),             # 1x1
+    (2, 4, 3, 7, 7, 1, 1, 2, 1),             # 1x1, stride 2, padding
+    (2, 4, 3, 5, 5, 5, 5, 1, 0),             # whole-image kernel
+    (2, 4, 3, 1, 1, 3, 3, 1, 1),             # 3x3 on 1x1, padding 1
+    (2, 4, 3, 2, 2, 3, 3, 2, 1),             # 3x3/2 on 2x2
+    (2, 3, 2, 3, 3, 3, 3, 1, 3),             # padding wider than the kernel
+    (1, 1, 2, 1, 1, 1, 1, 2, 1),             # every window reads padding only
+]
+
+
+@pytest.mark.parametrize("case", SWEEP, ids=str)
+@pytest.mark.parametrize("bias", [True, False])
+def test_fast_conv_matches_torch(case, bias):
+    b, d, p, m, n, u, v, s, pad = case
+    x, w, bb = conv_inputs(b, d, p, m, n, u, v)
+    if bias:
+        helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, s, pad),
+                       lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+    else:
+        helper_test_op(lambda x, w: ops.conv2d(x, w, None, s, pad),
+                       lambda x, w: F.conv2d(x, w, None, s, pad), [x, w])
+
+
+def _pair(v):
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def _algorithms(case):
+    b, d, p, m, n, u, v, s, pad = case
+    geo = fast_conv.geometry((b, d, m, n), (p, d, u, v), _pair(s), _pair(pad))
+    return sorted({fast_conv.choose_algorithm((b, d, m, n), (p, d, u, v), geo), "im2col"})
+
+
+ALGO_CASES = [(case, algo) for case in SWEEP for algo in _algorithms(case)]
+
+
+def test_every_algorithm_is_selected_somewhere():
+    assert {algo for _, algo in ALGO_CASES} == set(fast_conv.ALGORITHMS)
+
+
+@pytest.mark.parametrize("case,algo", ALGO_CASES, ids=str)
+def test_each_algorithm_matches_torch(case, algo):
+    b, d, p, m, n, u, v, s, pad = case
+    x, w, bb = conv_inputs(b, d, p, m, n, u, v, seed=1)
+    helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, _pair(s), _pair(pad), algo=algo),
+                   lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+
+
+# Layouts made inside the function from a contiguous leaf (a clone would make them contiguous).
+LAYOUTS = {
+    "channels_last": lambda t: t.contiguous(memory_format=torch.channels_last),
+    "transposed": lambda t: t.transpose(2, 3).contiguous().transpose(2, 3),
+    "sliced": lambda t: t[:, :, 1:, ::2],
+    "expanded": lambda t: t[:1].expand(3, -1, -1, -1),
+}
+
+
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_fast_conv_non_contiguous_inputs(layout):
+    x, w, bb = conv_inputs(2, 3, 4, 10, 16, 3, 3)
+    lay = LAYOUTS[layout]
+    wlay = lay if layout in ("channels_last", "transposed") else (lambda t: t)
+    assert not lay(x).is_contiguous()
+    y = helper_test_op(lambda x, w, bb: ops.conv2d(lay(x), wlay(w), bb[::2], 1, 1),
+                       lambda x, w, bb: F.conv2d(lay(x), wlay(w), bb[::2], 1, 1),
+                       [x, w, bb.repeat_interleave(2)])
+    if layout == "channels_last":   # the output keeps the input's memory format, as torch's does
+        assert y.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_fast_conv_float32_model_shape():
+    x, w, bb = conv_inputs(4, 64, 64, 8, 8, 3, 3, dtype=torch.float32)
+    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, 1, 1),
+                   lambda x, w, bb: F.conv2d(x, w, bb, 1, 1), [x, w, bb], atol=2e-4, rtol=1e-4)
+
+
+def test_fast_conv_chunked_batch(monkeypatch):
+    # A tiny chunk budget forces one image per chunk: chunk edges must not change the result.
+    monkeypatch.setattr(fast_conv, "CPU_CHUNK_BYTES", 1)
+    x, w, bb = conv_inputs(3, 2, 3, 6, 6, 3, 3)
+    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, 2, 1),
+                   lambda x, w, bb: F.conv2d(x, w, bb, 2, 1), [x, w, bb])
+
+
+def test_only_needed_gradients_are_computed():
+    x, w, bb = conv_inputs(2, 3, 4, 6, 6, 3, 3)
+    w.requires_grad_()
+    ops.conv2d(x, w, bb, 1, 1).sum().backward()
+    assert w.grad is not None and x.grad is None
+
+
+@pytest.mark.parametrize("case", [(2, 2, 3, 6, 6, 3, 3, 1, 1), (1, 2, 2, 7, 6, 3, 2, 2, 1),
+                                  (2, 1, 2, 5, 5, 5, 5, 1, 0)], ids=str)
+def test_reference_conv_matches_torch(case):
+    b, d, p, m, n, u, v, s, pad = case
+    x, w, bb = conv_inputs(b, d, p, m, n, u, v)
+    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, s, pad, impl="reference"),
+                   lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+
+
+def test_reference_and_fast_agree():
+    x, w, bb = conv_inputs(2, 3, 4, 7, 7, 3, 2)
+    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, (2, 1), 1, impl="reference"),
+                   lambda x, w, bb: ops.conv2d(x, w, bb, (2, 1), 1, impl="fast"), [x, w, bb])
+    xp = torch.randn(2, 3, 7, 9, dtype=torch.float64)
+    helper_test_op(lambda t: ops.pool2d(t, 3, 2, 1, impl="reference"),
+                   lambda t: ops.pool2d(t, 3, 2, 1, impl="fast"), [xp])
+
+
+# (B, C, M, N, kernel, stride, padding)
+POOL_SWEEP = [
+    (2, 3, 8, 8, 2, None, 0),
+    (2, 3, 9, 7, 3, 2, 1),             # ResNet's max-pool, odd sizes
+    (1, 2, 7, 8, (2, 3), (3, 1), (1, 1)),
+    (2, 2, 9, 9, 2, 3, 0),             # stride > kernel
+    (2, 2, 5, 5, 5, 1, 0),             # one window
+    (2, 2, 6, 6, 3, 1, 1),             # heavily overlapping windows
+]
+
+
+@pytest.mark.parametrize("case", POOL_SWEEP, ids=str)
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("impl", ["fast", "reference"])
+def test_pool_matches_torch(case, mode, impl):
+    b, c, m, n, k, s, pad = case
+    x = torch.randn(b, c, m, n, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+
+    def theirs(t):
+        if mode == "max":
+            return F.max_pool2d(t, k, s, pad)
+        return F.avg_pool2d(t, k, s, pad, count_include_pad=True)
+    helper_test_op(lambda t: ops.pool2d(t, k, s, pad, mode=mode, impl=impl), theirs, [x])
+
+
+@pytest.mark.parametrize("mode", ["max", "avg"])
+@pytest.mark.parametrize("layout", list(LAYOUTS))
+def test_pool_non_contiguous_and_channels_last(mode, layout):
+    x = torch.randn(2, 3, 9, 16, dtype=torch.float64)
+    fn = F.max_pool2d if mode == "max" else F.avg_pool2d
+    lay = LAYOUTS[layout]
+    helper_test_op(lambda t: ops.pool2d(lay(t), 3, 2, 1, mode=mode),
+                   lambda t: fn(lay(t), 3, 2, 1), [x])
+
+
+def test_max_pool_ties_go_to_the_first_maximum_like_torch():
+    # After ReLU many windows are all zeros: the gradient must go where torch sends it.
+    x = torch.zeros(1, 2, 6, 6, dtype=torch.float64)
+    x[0, 0, 1, 1] = 1.0
+    for k, s, p in [(2, 2, 0), (3, 2, 1)]:
+        helper_test_op(lambda t: ops.pool2d(t, k, s, p), lambda t: F.max_pool2d(t, k, s, p), [x])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_device_agnostic(device):
+    x, w, bb = conv_inputs(2, 3, 4, 8, 8, 3, 3, dtype=torch.float32, device=device)
+    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, 2, 1),
+                   lambda x, w, bb: F.conv2d(x, w, bb, 2, 1), [x, w, bb], atol=1e-4, rtol=1e-4)
+    helper_test_op(lambda t: ops.pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), [x])
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_output_stays_on_device():
+    x, w, bb = conv_inputs(2, 3, 4, 8, 8, 3, 3, dtype=torch.float32, device="cuda")
+    assert ops.conv2d(x, w, bb).device.type == "cuda"
