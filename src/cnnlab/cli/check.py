@@ -48,15 +48,16 @@ def _print_table(checks):
     from cnnlab.cli.summary import console
 
     table = Table(title="cnnlab check")
-    table.add_column("check", no_wrap=True)
-    table.add_column("max |diff|", justify="right")
-    table.add_column("tolerance", justify="right")
-    table.add_column("result")
+    table.add_column("check")  # long names wrap; the figures never do
+    table.add_column("max |diff|", justify="right", no_wrap=True)
+    table.add_column("tolerance", justify="right", no_wrap=True)
+    table.add_column("result", no_wrap=True)
     for c in checks:
         result = "[green]pass[/]" if c["passed"] else "[bold red]FAIL[/]"
+        name = escape(c["name"])
         if c.get("error"):
-            result += f" ({escape(c['error'])})"
-        table.add_row(escape(c["name"]), _fmt(c["max_abs_diff"]), _fmt(c["tolerance"]), result)
+            name += f"\n[red]{escape(c['error'])}[/]"
+        table.add_row(name, _fmt(c["max_abs_diff"]), _fmt(c["tolerance"]), result)
     out = console()
     out.print(table)
     failed = sum(not c["passed"] for c in checks)
