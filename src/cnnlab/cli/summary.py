@@ -11,7 +11,7 @@ NOTE = (
     "FLOPs by the lab's paddle.flops rules; MACs = conv + linear multiply-accumulates. "
     "The lab printed ResNet18 as 11,165,834 trainable / 19,200 non-trainable: a bug of old Paddle "
     "(<= 2.2) that counted every BN tensor as non-trainable; the right split is trainable + "
-    "BN statistics below."
+    "BN statistics above."
 )
 
 
