@@ -12,6 +12,8 @@ from __future__ import annotations
 import os
 import pickle
 import pickletools
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -501,7 +503,24 @@ def test_cli_bad_input_exits_2_with_one_line(tmp_path, lab_resnet, capsys):
         assert main(argv) == 2, argv
         _one_line_error(capsys)
     assert not os.path.exists(out)
-    with pytest.raises(SystemExit) as exc:  # argparse: unknown model
-        main(["convert-paddle", str(resnet), "--model", "vgg", "--out", out])
+    assert main(["convert-paddle", str(resnet), "--model", "vgg", "--out", out]) == 2
+    assert "known models" in _one_line_error(capsys)
+    with pytest.raises(SystemExit) as exc:  # argparse: unknown layout
+        main(["convert-paddle", str(resnet), "--model", "lenet", "--layout", "keras", "--out", out])
     assert exc.value.code == 2
     _one_line_error(capsys)
+
+
+def test_cli_layout_names_match_the_library():
+    from cnnlab.cli.paddle import LAYOUT_NAMES as cli_names
+    from cnnlab.interop.paddle_layouts import LAYOUT_NAMES
+
+    assert cli_names == LAYOUT_NAMES
+
+
+def test_help_does_not_import_torch():
+    code = ("import sys, argparse; from cnnlab.cli import paddle; "
+            "p = argparse.ArgumentParser(); paddle.register(p.add_subparsers()); "
+            "print('torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr

@@ -6,7 +6,9 @@
 
 from __future__ import annotations
 
-from cnnlab.interop.paddle_layouts import LAYOUT_NAMES
+# Spelled out (and tested equal to cnnlab.interop.paddle_layouts.LAYOUT_NAMES) so that building the
+# parser, e.g. for --help, does not import torch.
+LAYOUT_NAMES = ("lab", "paddle-lenet", "paddle-vision")
 
 LAYOUT_HELP = ("lab: the lab's Model_LeNet / Model_ResNet18; paddle-lenet: the lab's Paddle_LeNet; "
                "paddle-vision: paddle.vision.models.resnet18")
@@ -20,8 +22,6 @@ def add_layout_argument(parser, default="auto"):
 
 
 def register(sub):
-    from cnnlab.models import MODEL_NAMES
-
     p = sub.add_parser(
         "convert-paddle",
         help="convert a Paddle .pdparams file of the lab into a cnnlab checkpoint",
@@ -32,7 +32,7 @@ def register(sub):
         "the file.",
     )
     p.add_argument("file", metavar="FILE", help="the .pdparams file")
-    p.add_argument("--model", required=True, choices=MODEL_NAMES,
+    p.add_argument("--model", required=True, metavar="MODEL",
                    help="cnnlab model to load it into (Model_LeNet -> lenet, Paddle_LeNet -> "
                    "lenet-native, Model_ResNet18 -> resnet18 or resnet18-plain, "
                    "paddle.vision resnet18 -> resnet18)")
