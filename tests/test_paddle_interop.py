@@ -524,3 +524,14 @@ def test_help_does_not_import_torch():
             "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
+
+
+def test_write_failure_is_a_user_error_and_leaves_no_file(tmp_path):
+    (tmp_path / "file").write_text("not a folder")
+    with pytest.raises(UserError, match="cannot write"):
+        write_pdparams(make("lenet-native", 0), tmp_path / "file" / "w.pdparams")
+    old = tmp_path / "w.pdparams"
+    old.write_bytes(b"old")
+    with pytest.raises(UserError, match="paddle-vision"):  # refused before the disk is touched
+        write_pdparams(make("resnet18", 0, stem_bias=False), old, layout="lab")
+    assert old.read_bytes() == b"old"

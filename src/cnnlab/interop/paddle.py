@@ -12,10 +12,9 @@ not a parameter. Names and layouts of the supported models: `cnnlab.interop.padd
 
 from __future__ import annotations
 
-import os
+import hashlib
 import pickle
 import struct
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from torch import nn
 from cnnlab.errors import UserError
 from cnnlab.interop import paddle_layouts as layouts
 from cnnlab.interop.pickle_safe import UnsafePickleError, dumps_arrays, safe_load
+from cnnlab.train.checkpoint import atomic_write
 
 NAME_TABLE_KEY = "StructuredToParameterName@@"
 BIG_PARAM_KEY = "UnpackBigParamInfor@@"  # paddle.save splits arrays > 4 GB under protocol 2/3
@@ -266,30 +266,10 @@ def write_pdparams(model: nn.Module, path, layout: str | None = None, protocol: 
     Written atomically (temp file, fsync, rename)."""
     arrays, layout = paddle_state_dict(model, layout)
     data = dumps_arrays({**arrays, NAME_TABLE_KEY: _name_table(arrays)}, protocol=protocol)
-    _atomic_write(Path(path), data)
+    atomic_write(path, [data])
     family = layouts.model_family(model)
     return PaddleTransfer(layout, layouts.describe(layout, family), len(arrays),
                           sum(int(a.size) for a in arrays.values()))
-
-
-def _atomic_write(path: Path, data: bytes) -> None:
-    folder = path.parent if str(path.parent) else Path(".")
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise UserError(f"cannot write {path}: {err.strerror or err}") from err
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -314,8 +294,6 @@ def model_from_pdparams(path, model_name: str, layout: str | None = None, **mode
     in_channels, num_classes and (ResNet) stem_bias are read off the file unless given. payload is
     a cnnlab checkpoint payload (`cnnlab.train.checkpoint.model_payload`) whose config records the
     source file, so `save_checkpoint(out, payload)` makes a checkpoint of the imported weights."""
-    import hashlib
-
     from cnnlab.models import build_model
     from cnnlab.train.checkpoint import model_payload
 
