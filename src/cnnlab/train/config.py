@@ -1,0 +1,96 @@
+"""`TrainConfig`: every setting of one training run, with the lab's per-model defaults.
+
+The lab (seed text §5.3.3, §5.4.2-5.4.3; reference.md): SGD without momentum, batch 64, 5 epochs,
+log and evaluate every 15 steps, seed 100; learning rate 0.1 for LeNet, 0.005 for ResNet18
+without residual connections, 0.01 with them. Part 2 of the lab (CIFAR-10) trains its ResNet18
+with Adam, lr 0.001, weight decay 0.005: those are `resnet18-cifar`'s defaults.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from cnnlab.errors import UserError
+
+# model -> defaults that differ from TrainConfig's field defaults
+LAB_DEFAULTS = {
+    "lenet": {"lr": 0.1},
+    "lenet-native": {"lr": 0.1},
+    "resnet18-plain": {"lr": 0.005},
+    "resnet18": {"lr": 0.01},
+    "resnet18-cifar": {"lr": 0.001, "optimizer": "adam", "weight_decay": 0.005},
+}
+OPTIMIZERS = ("sgd", "adam")
+LOADERS = ("tensor", "torch")
+
+
+@dataclass
+class TrainConfig:
+    """One training run. `None` means "the lab's default for this model" (see LAB_DEFAULTS).
+
+    out: the run directory (default runs/<model>); loader: "tensor" batches by indexing the
+    cached tensors, "torch" uses torch.utils.data.DataLoader with `num_workers` (same batches).
+    """
+
+    model: str
+    data: str = "bundled"
+    split: str = "lab"
+    epochs: int = 5
+    batch_size: int = 64
+    lr: float | None = None
+    optimizer: str | None = None
+    weight_decay: float | None = None
+    seed: int = 100
+    log_steps: int = 15
+    eval_steps: int = 15
+    device: str = "auto"
+    out: str | None = None
+    quiet: bool = False
+    model_kwargs: dict = field(default_factory=dict)
+    loader: str = "tensor"
+    num_workers: int = 0
+    deterministic: bool = False   # seed everything, torch.use_deterministic_algorithms(True)
+    skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping (exit 3)
+
+    def resolved(self) -> "TrainConfig":
+        """A copy with every `None` replaced by the lab's default for `model`, validated."""
+        from cnnlab.models import MODEL_NAMES
+
+        if self.model not in MODEL_NAMES:
+            raise UserError(f"unknown model {self.model!r}; known models: {', '.join(MODEL_NAMES)}")
+        lab = {"lr": 0.01, "optimizer": "sgd", "weight_decay": 0.0, **LAB_DEFAULTS.get(self.model, {})}
+        cfg = dataclasses.replace(self, model_kwargs=dict(self.model_kwargs))
+        for name, value in lab.items():
+            if getattr(cfg, name) is None:
+                setattr(cfg, name, value)
+        if cfg.out is None:
+            cfg.out = f"runs/{cfg.model}"
+        cfg.validate()
+        return cfg
+
+    def validate(self):
+        checks = [
+            (isinstance(self.epochs, int) and self.epochs >= 0, "epochs", "an integer >= 0"),
+            (isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "an integer > 0"),
+            (self.lr is None or self.lr > 0, "lr", "a number > 0"),
+            (self.weight_decay is None or self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (self.optimizer is None or self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS)),
+            (isinstance(self.log_steps, int) and self.log_steps >= 0, "log_steps", "an integer >= 0"),
+            (isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "an integer >= 0"),
+            (self.split in ("lab", "full"), "split", "lab or full"),
+            (self.loader in LOADERS, "loader", " or ".join(LOADERS)),
+            (isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "an integer >= 0"),
+        ]
+        for ok, name, expected in checks:
+            if not ok:
+                raise UserError(f"{name} must be {expected}, got {getattr(self, name)!r}")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """Rebuild from `to_dict()` output, ignoring keys this version does not know."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in names})

@@ -1,0 +1,148 @@
+"""`train_run(config)`: one whole training run into a run directory, as `cnnlab train` does it.
+
+The run directory (`config.out`, default runs/<model>) receives:
+    best.pt       the weights with the best dev score (cnnlab checkpoint, loadable by `evaluate`)
+    history.json  train step losses, dev losses and scores with their steps, epoch losses
+    curves.png    the lab's two panels (loss; dev accuracy)
+    run.json      config, library versions, hardware, wall time and phase times, peak RSS,
+                  best dev score, and the test accuracy/loss of best.pt
+
+The order of random draws follows the lab: seed everything, build the model, then shuffle the
+training set with a generator seeded with the same seed.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from cnnlab.data import TensorLoader, load_mnist
+from cnnlab.errors import UserError
+from cnnlab.runinfo import write_run_json
+from cnnlab.train import rng
+from cnnlab.train.config import TrainConfig
+from cnnlab.train.guard import safe_train
+from cnnlab.train.metric import Accuracy
+from cnnlab.train.plots import plot_training_loss_acc
+from cnnlab.train.rng import seed_worker
+from cnnlab.train.runner import Runner
+from cnnlab.train.validate import check_output_dir
+
+
+def make_optimizer(name, params, lr, weight_decay=0.0):
+    """"sgd" (plain SGD, as the lab's paddle.optimizer.SGD) or "adam" (L2 weight decay, as Paddle's)."""
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+    if name == "adam":
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    raise UserError(f"unknown optimizer {name!r}: expected sgd or adam")
+
+
+def make_loader(dataset, batch_size, shuffle=False, generator=None, kind="tensor", num_workers=0):
+    """A TensorLoader ("tensor") or a torch DataLoader ("torch"); both give the same batches."""
+    if kind == "tensor":
+        return TensorLoader(dataset, batch_size, shuffle=shuffle, generator=generator)
+    return torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=shuffle,
+                                       generator=generator, num_workers=num_workers,
+                                       worker_init_fn=seed_worker if num_workers else None)
+
+
+def seed_everything(seed: int, deterministic: bool = False):
+    if deterministic:  # also torch.use_deterministic_algorithms(True)
+        rng.seed_everything(seed, deterministic=True)
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def build_run(cfg: TrainConfig, data=None):
+    """-> (runner, data, train_loader, dev_loader, test_loader) for a resolved config."""
+    from cnnlab.models import build_model
+
+    data = data if data is not None else load_mnist(cfg.data, cfg.split)
+    seed_everything(cfg.seed, deterministic=cfg.deterministic)
+    in_channels = data.train.images.shape[1]
+    model = build_model(cfg.model, in_channels=in_channels, num_classes=10, **cfg.model_kwargs)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    generator = torch.Generator().manual_seed(cfg.seed)
+    train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, generator=generator,
+                               kind=cfg.loader, num_workers=cfg.num_workers)
+    dev_loader = make_loader(data.dev, cfg.batch_size, kind=cfg.loader, num_workers=cfg.num_workers)
+    test_loader = make_loader(data.test, cfg.batch_size, kind=cfg.loader, num_workers=cfg.num_workers)
+    spec = {"name": cfg.model, "kwargs": {"in_channels": in_channels, **cfg.model_kwargs}}
+    runner = Runner(model, optimizer, F.cross_entropy, Accuracy(is_logits=True), device=cfg.device,
+                    progress=not cfg.quiet, log=not cfg.quiet, model_spec=spec, config=cfg.to_dict())
+    return runner, data, train_loader, dev_loader, test_loader
+
+
+def train_run(config: TrainConfig, data=None, resume=None) -> dict:
+    """Train, keep the best model, test it, write the run directory -> results dict.
+
+    `resume`: a payload from `cnnlab.train.resume.load_resume` to continue (`config` is then
+    the resumed run's, see `resume.resumed_config`). Signals, NaN losses and last.pt are
+    handled by `cnnlab.train.guard.safe_train`.
+
+    `data` may be a preloaded `MnistData` (the reproduce command shares one between runs).
+    """
+    t_start = time.perf_counter()
+    cfg = config.resolved()
+    out = Path(cfg.out)
+    check_output_dir(out)  # exists and writable, before any work
+    phases = {}
+    t = time.perf_counter()
+    if data is None:
+        data = load_mnist(cfg.data, cfg.split)
+    phases["data_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data)
+    phases["build_s"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    best_path = out / "best.pt"
+    safe_train(runner, cfg, out, data, train_loader, dev_loader, resume=resume, save_path=best_path)
+    phases["train_s"] = time.perf_counter() - t  # includes dev evaluations and best.pt saves
+    phases["train_eval_s"] = runner.timings["eval_s"]
+    phases["train_save_s"] = runner.timings["save_s"]
+
+    t = time.perf_counter()
+    runner.write_history(out / "history.json")
+    plot_training_loss_acc(runner, out / "curves.png")
+    phases["outputs_s"] = time.perf_counter() - t
+
+    # Test the best model, as the lab does; with no finite dev score there is none: test the last.
+    t = time.perf_counter()
+    tested = "best" if runner.best_step is not None and best_path.is_file() else "last"
+    if tested == "best":
+        runner.load_model(best_path)
+    test_score, test_loss = runner.evaluate(test_loader)
+    phases["test_s"] = time.perf_counter() - t
+    if not cfg.quiet:
+        print(f"[Test] accuracy/loss: {test_score:.4f}/{test_loss:.4f}", flush=True)
+
+    results = {
+        "model": cfg.model,
+        "seed": cfg.seed,
+        "steps": runner.global_step,
+        "best_dev_score": runner.history()["best_score"],
+        "best_step": runner.best_step,
+        "final_dev_score": runner.dev_scores[-1][1] if runner.dev_scores else None,
+        "test_acc": test_score,
+        "test_loss": test_loss,
+        "test_n": len(data.test),
+        "tested_model": tested,
+        "train_epoch_losses": list(runner.train_epoch_losses),
+        "phases_s": {k: round(v, 3) for k, v in phases.items()},
+        "run_dir": str(out),
+        "files": {name: str(out / name) for name in
+                  ("best.pt", "history.json", "curves.png", "run.json")},
+    }
+    wall = time.perf_counter() - t_start
+    results["wall_s"] = round(wall, 3)
+    write_run_json(out / "run.json", cfg.to_dict(), results, wall)
+    return results
