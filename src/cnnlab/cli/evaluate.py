@@ -1,5 +1,135 @@
-"""Subcommands of `cnnlab` in this module: not implemented yet."""
+"""`cnnlab evaluate CKPT` (accuracy and loss on a data split) and `cnnlab predict CKPT IMAGE...`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+
+from cnnlab.data.mnist import SOURCE_HELP
+from cnnlab.errors import UserError
+
+PREDICT_EPILOG = """\
+Each image (any size, colour or grey) is prepared like the lab's data: converted to grey, resized
+to 28x28 (an MNIST digit's size) with bilinear filtering, inverted if it looks like dark ink on
+light paper (MNIST digits are light on dark; see --invert), then resized to 32x32 bilinear and
+normalised to (x - 127.5) / 127.5.
+"""
 
 
 def register(sub):
-    pass
+    p = sub.add_parser("evaluate", help="accuracy and loss of a checkpoint on MNIST",
+                       description="Evaluate a checkpoint (e.g. runs/lenet/best.pt) on the data it "
+                                   "was trained on, or on --data; the loss is the mean over images.")
+    p.add_argument("checkpoint", metavar="CKPT", help="a cnnlab checkpoint (best.pt / last.pt)")
+    p.add_argument("--data", default=None, metavar="SOURCE",
+                   help=f"{SOURCE_HELP} (default: the checkpoint's, else bundled)")
+    p.add_argument("--split", choices=("train", "dev", "test"), default="test",
+                   help="which part to evaluate (default test)")
+    p.add_argument("--data-split", choices=("lab", "full"), default=None,
+                   help="lab (1000/200/200) or full sizes (default: the checkpoint's, else lab)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON: acc, loss, n and the settings")
+    p.set_defaults(func=run_evaluate)
+
+    p = sub.add_parser("predict", help="classify image files with a checkpoint",
+                       description="Print the predicted digit and its probability for each image.",
+                       epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("checkpoint", metavar="CKPT", help="a cnnlab checkpoint (best.pt / last.pt)")
+    p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
+    p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
+                   help="invert grey levels: auto = when the image border is light (default)")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON: one object per image")
+    p.set_defaults(func=run_predict)
+
+
+def _common(p):
+    p.add_argument("--model", default=None,
+                   help="fail unless the checkpoint holds this model (e.g. lenet, resnet18)")
+    p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
+
+
+def load_checkpoint_model(path, expect=None, device="auto"):
+    """-> (model on device, payload); a wrong, corrupt or mismatched checkpoint is a UserError."""
+    from cnnlab.train.checkpoint import load_checkpoint, load_model
+    from cnnlab.train.runner import resolve_device
+
+    dev = resolve_device(device)
+    if expect is not None:
+        from cnnlab.models import MODEL_NAMES
+        if expect not in MODEL_NAMES:
+            raise UserError(f"unknown model {expect!r}; known models: {', '.join(MODEL_NAMES)}")
+        held = (load_checkpoint(path).get("model") or {}).get("name")
+        if held != expect:
+            raise UserError(f"{path} holds a {held!r} model, not {expect!r}")
+    try:
+        model, payload = load_model(path)
+    except RuntimeError as err:  # load_state_dict: keys or shapes do not fit the named model
+        raise UserError(f"{path}: its weights do not fit its model: {str(err).splitlines()[0]}") from err
+    return model.to(dev).eval(), payload
+
+
+def run_evaluate(args) -> int:
+    import torch.nn.functional as F
+
+    from cnnlab.data import TensorLoader, load_mnist
+    from cnnlab.train.metric import Accuracy
+    from cnnlab.train.runner import Runner
+
+    if args.batch_size <= 0:
+        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device)
+    config = payload.get("config") or {}
+    source = args.data or config.get("data") or "bundled"
+    split = args.data_split or config.get("split") or "lab"
+    data = load_mnist(source, split)
+    part = data.part(args.split)
+    channels = _model_in_channels(payload)
+    if channels is not None and channels != part.images.shape[1]:
+        raise UserError(f"{args.checkpoint} expects {channels}-channel images, the data has "
+                        f"{part.images.shape[1]}")
+    runner = Runner(model, None, F.cross_entropy, Accuracy(is_logits=True), device=args.device,
+                    progress=False, log=False)
+    acc, loss = runner.evaluate(TensorLoader(part, args.batch_size))
+    result = {"acc": acc, "loss": loss, "n": len(part), "checkpoint": str(args.checkpoint),
+              "model": (payload.get("model") or {}).get("name"), "data": source,
+              "data_split": split, "split": args.split}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        print(f"{result['model']} on {source} {split}/{args.split} ({len(part)} images): "
+              f"accuracy {acc:.4f}, loss {loss:.4f}")
+    return 0
+
+
+def _model_in_channels(payload):
+    return ((payload.get("model") or {}).get("kwargs") or {}).get("in_channels")
+
+
+def run_predict(args) -> int:
+    import torch
+
+    from cnnlab.data.images import load_image, prepare_image
+
+    # Read every image first: a bad file fails before any model work.
+    inputs = [prepare_image(load_image(p), args.invert)[1] for p in args.images]
+    model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device)
+    channels = _model_in_channels(payload) or 1
+    device = next(model.parameters()).device
+    rows = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), max(args.batch_size, 1)):
+            x = torch.cat(inputs[start:start + args.batch_size]).to(device)
+            if channels != 1:
+                x = x.expand(-1, channels, -1, -1)  # a grey image on every channel
+            probs = torch.softmax(model(x), dim=1).cpu()
+            for path, p in zip(args.images[start:start + args.batch_size], probs):
+                k = int(p.argmax())
+                rows.append({"image": str(path), "class": k, "prob": float(p[k])})
+    for row in rows:
+        if args.json:
+            print(json.dumps(row))
+        else:
+            print(f"{row['image']}: {row['class']} (p={row['prob']:.3f})")
+    return 0
