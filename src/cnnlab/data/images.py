@@ -44,7 +44,7 @@ def prepare_image(img: Image.Image, invert="auto"):
     raw = np.asarray(img.convert("L").resize((28, 28), Image.Resampling.BILINEAR), dtype=np.uint8)
     if invert == "auto":
         border = np.concatenate([raw[0], raw[-1], raw[1:-1, 0], raw[1:-1, -1]])
-        invert = border.mean() > 127
+        invert = bool(border.mean() > 127)
     if invert is True or invert == "yes":
         raw = 255 - raw
     return raw, preprocess(raw[None])

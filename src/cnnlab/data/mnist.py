@@ -212,7 +212,7 @@ def read_idx(path, ndim: int) -> np.ndarray:
         what = "truncated" if len(data) - start < size else "longer than its header says"
         raise UserError(f"{path} is {what}: header {dims} needs {size} bytes of data, "
                         f"found {len(data) - start}; expected {expected}")
-    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims)
+    return np.frombuffer(data, dtype=np.uint8, offset=start).reshape(dims).copy()  # writable
 
 
 def _idx_parts(folder: Path, split: str):
