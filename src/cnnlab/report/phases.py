@@ -71,7 +71,7 @@ def _normalise_checks(checks) -> list[dict]:
 def phase_ops(ctx) -> dict:
     from cnnlab.ops.selfcheck import run_op_checks
 
-    checks = _normalise_checks(run_op_checks(quick=True))
+    checks = _normalise_checks(run_op_checks(quick=ctx.options.quick))
     return {"examples": _worked_examples(), "checks": checks,
             "all_passed": all(c["passed"] for c in checks)}
 
@@ -79,23 +79,14 @@ def phase_ops(ctx) -> dict:
 # ------------------------------------------------------------------- 2. edges (5.1.7)
 
 def phase_edges(ctx) -> dict:
-    """The lab's Laplacian edge figure on a bundled digit (the lab used its own number.jpg)."""
-    from cnnlab.ops.edges import laplacian_edges
-
-    import numpy as np
-    from PIL import Image
-
+    """The lab's Laplacian edge figure on a bundled digit (test image 1; the lab used its own
+    number.jpg), resized to 256x256 as the lab did: the same figure as `cnnlab edges`."""
+    from cnnlab.cli.edges import edge_images
     from cnnlab.report.figures import save_edges_figure
 
-    part = ctx.data.test
-    index = 1  # the prediction demo's digit, so the report shows one digit throughout
-    raw = part.raw[index].numpy().astype(np.uint8)
-    # The lab resized its picture to 256x256 before the 3x3 kernel; so do we.
-    img = np.asarray(Image.fromarray(raw, mode="L").resize((256, 256)), dtype=np.float32)
-    out = laplacian_edges(torch.from_numpy(img))
-    path = ctx.out / "edges.png"
-    save_edges_figure(img, out.numpy(), path)
-    return {"image": "edges.png", "digit_label": int(part.labels[index]),
+    img, out = edge_images(None, size=256, impl="fast")
+    save_edges_figure(img, out, ctx.out / "edges.png")
+    return {"image": "edges.png", "digit_label": int(ctx.data.test.labels[1]),
             "input_shape": list(img.shape), "output_shape": list(out.shape),
             "output_range": [float(out.min()), float(out.max())]}
 
@@ -135,7 +126,7 @@ def phase_counting(ctx) -> dict:
     from cnnlab.models import build_model
 
     out = {}
-    for name in ("lenet", "resnet18"):
+    for name in ("lenet", "resnet18", "resnet18-plain"):   # plain: for the trainings' FLOPs
         s = summarize(build_model(name), (1, 1, 32, 32), name=name).to_dict()
         out[name] = {k: s[k] for k in ("trainable_params", "buffer_values", "lab_params", "flops",
                                        "macs", "uncounted")}
@@ -156,8 +147,25 @@ def phase_counting(ctx) -> dict:
 
 # ----------------------------------------------------------------- 5. custom vs native speed
 
+def _lab_model_shape(where: str) -> bool:
+    # LeNet and the lab's ResNet18 (1x32x32); the CIFAR ResNet18 belongs to part 2 of the lab.
+    return any(w.strip().startswith(("lenet", "resnet18 ")) for w in where.split(","))
+
+
 def phase_speed(ctx) -> dict:
+    """A short interleaved timing (ratios, see cnnlab.analysis.speed) of forward + backward:
+    fast / native on every conv and pool shape of LeNet and ResNet18 (batch 64), and the lab's
+    loops / native on LeNet's layers (batch 8: the loops are slow)."""
     from cnnlab.analysis import speed
 
-    rows = speed.run_report_table(quick=ctx.options.quick)
-    return rows
+    quick = ctx.options.quick
+    batch = 16 if quick else 64
+    shapes = [s for s in speed.conv_shapes() if _lab_model_shape(s.where)]
+    if quick:  # smoke run: LeNet's convolutions only, no loops
+        shapes = [s for s in shapes if s.where.startswith("lenet")]
+    conv = speed.measure(batch, "cpu", quick=quick, reps=5, shapes=shapes)
+    pool = speed.measure_pool(batch, "cpu", quick=quick, reps=5)
+    ref_batch = 8
+    reference = None if quick else speed.measure_reference(ref_batch, "cpu")
+    return {"batch": batch, "reference_batch": ref_batch, "conv": conv, "pool": pool,
+            "reference": reference, "environment": speed.environment("cpu")}

@@ -84,8 +84,15 @@ def render_ops(p, results) -> str:
     checks = p["checks"]
     crow = [[c["name"], _sci(c["max_abs_diff"]), _sci(c["tolerance"]),
              "pass" if c["passed"] else "**FAIL**"] for c in checks]
-    out += [table(["check", "max abs diff", "tolerance", ""], crow), "",
-            f"{sum(c['passed'] for c in checks)} of {len(checks)} checks pass.", ""]
+    worst = max((c for c in checks if c["max_abs_diff"] is not None),
+                key=lambda c: c["max_abs_diff"] / (c["tolerance"] or 1), default=None)
+    failed = [c["name"] for c in checks if not c["passed"]]
+    out += [f"**{sum(c['passed'] for c in checks)} of {len(checks)} checks pass**"
+            + (f"; failed: {', '.join(failed)}" if failed else "")
+            + (f". Closest to its tolerance: {worst['name']}, {_sci(worst['max_abs_diff'])} "
+               f"(tolerance {_sci(worst['tolerance'])})." if worst else "."), "",
+            "<details><summary>every check</summary>", "",
+            table(["check", "max abs diff", "tolerance", ""], crow), "", "</details>", ""]
     return "\n".join(out)
 
 

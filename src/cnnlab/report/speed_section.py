@@ -5,5 +5,42 @@ from __future__ import annotations
 from cnnlab.report import lab_figures as lab
 
 
+def _table(rows, name):
+    from cnnlab.report.sections import table
+
+    return table(["layer shape", "where", "native ms", f"{name} ms", f"{name} / native",
+                  "algorithm"],
+                 [[f"`{r['shape'].strip()}`", r["where"], f"{r['native_ms']:.2f}",
+                   f"{r['fast_ms']:.2f}", f"**{r['ratio']:.2f}**", r["algorithm"]] for r in rows])
+
+
+def _reference(ref, batch) -> list[str]:
+    if ref is None:
+        return ["The lab's loops were not timed (`--quick`).", ""]
+    return [f"**The lab's loops (`impl=\"reference\"`) / native**, LeNet's layers, batch {batch}, "
+            f"one repetition each — geometric mean **{ref['geomean']:,.0f}×**:", "",
+            _table(ref["rows"], "reference"), ""]
+
+
 def render(p) -> str:
-    return f"(speed table pending)\n"
+    conv, pool, ref = p["conv"], p["pool"], p["reference"]
+    orig = lab.ORIGINAL_LENET_FORWARD
+    env = p.get("environment", {})
+    return "\n".join([
+        f"Forward + backward (gradients of input, weight and bias), float32, CPU with "
+        f"{env.get('threads', '–')} torch threads, batch {p['batch']}. Each ratio is the median "
+        "of interleaved A/B pairs measured in this run (load from other processes hits both "
+        "sides alike); a ratio below 1 means ours is faster. `cnnlab.analysis.speed`, also "
+        "`benchmarks/ops.py` for the full table.", "",
+        f"**Convolutions, fast / native** — geometric mean **{conv['geomean']:.2f}**, worst "
+        f"{conv['worst']:.2f}, best {conv['best']:.2f} over {len(conv['rows'])} shapes:", "",
+        _table(conv["rows"], "fast"), "",
+        f"**Pooling, fast / native** — geometric mean **{pool['geomean']:.2f}**, worst "
+        f"{pool['worst']:.2f}:", "",
+        _table(pool["rows"], "fast"), "",
+        *_reference(ref, p["reference_batch"]),
+        f"The lab's speed cell was interrupted and printed nothing. Measured on the original Paddle "
+        f"code: custom LeNet forward on one image {orig['custom_s']:.2f} s vs "
+        f"{orig['native_s'] * 1e3:.2f} ms native, **≈{orig['ratio']:,}×** ({lab.ORIGINAL_SOURCE}). "
+        f"Our vectorised operators, written from the same formulas, run at "
+        f"{conv['geomean']:.2f}× (conv) and {pool['geomean']:.2f}× (pool) of torch's kernels.", ""])

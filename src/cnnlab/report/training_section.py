@@ -116,8 +116,10 @@ def render_budget(results) -> str:
                   f"{lab.ORIGINAL_PEAK_RSS_GB} GB (custom LeNet)", f"≤ {lab.TARGET_RSS_GB} GB",
                   _mark(b["rss_met"])]]), "",
              f"Speed-up over the original code: {b['speedup_vs_original']:.1f}×. Peak RSS is "
-             "`getrusage` `ru_maxrss` of this process (and of child processes, if any: "
-             f"{results['resources']['children_bytes'] / 1e6:.0f} MB).", ""]
+             "`getrusage(RUSAGE_SELF).ru_maxrss` of this process; it starts at "
+             f"{_baseline(results)} after importing torch and torchvision. No worker processes "
+             "are used (the only children are short `uname` calls, forked copies that add no "
+             "memory).", ""]
     if rate:
         lines += [f"**Floor.** The trainings do {flops['total'] / 1e12:.2f} TFLOP of arithmetic "
                   "(forward FLOPs per image from section 4, as 2 × MACs + the other counted "
@@ -133,6 +135,11 @@ def render_budget(results) -> str:
         lines += [f"Load average when the run ended: {', '.join(f'{v:.2f}' for v in load)} "
                   "(other work on the machine slows every phase).", ""]
     return "\n".join(lines)
+
+
+def _baseline(results) -> str:
+    b = results["resources"].get("after_imports_bytes")
+    return f"{b / 1e9:.2f} GB" if b else "–"
 
 
 def render_differences(results) -> str:

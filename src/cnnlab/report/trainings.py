@@ -15,8 +15,10 @@ import statistics
 from cnnlab.report import lab_figures as lab
 
 FIRST_SEED = 100
-QUICK_SIZES = (128, 64, 64)   # train/dev/test images in --quick
+# --quick: 2 steps of batch 32 (the Runner evaluates after step 1, so best.pt exists), 1 epoch.
+QUICK_SIZES = (64, 32, 64)   # train/dev/test images
 QUICK_EPOCHS = 1
+QUICK_BATCH = 32
 
 
 def seeds_for(options) -> list[int]:
@@ -48,7 +50,9 @@ def _train_one(ctx, name: str, seed: int) -> dict:
     opts = ctx.options
     folder = run_dir(opts, name, seed)
     data = _subset(ctx.data, QUICK_SIZES) if opts.quick else ctx.data
-    extra = {"epochs": QUICK_EPOCHS, "eval_steps": 1, "log_steps": 1} if opts.quick else {}
+    extra = {}
+    if opts.quick:
+        extra = {"epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "eval_steps": 1, "log_steps": 1}
     config = TrainConfig(model=name, seed=seed, out=str(folder), device=opts.device,
                          quiet=opts.quiet, **extra)
     run = train_run(config, data=data)  # the data is loaded once and shared by every training
@@ -180,7 +184,7 @@ def training_flops(results: dict) -> dict:
     total, per_model = 0.0, {}
     for name in lab.TRAINING_ORDER:
         phase = results["phases"].get(f"train:{name}", {})
-        c = counting.get(name) or counting.get("resnet18" if "resnet" in name else name)
+        c = counting.get(name)
         if not phase.get("runs") or not c:
             continue
         per_image = 2 * c["macs"] + (c["flops"] - c["macs"])
