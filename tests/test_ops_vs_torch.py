@@ -87,12 +87,18 @@ def test_every_algorithm_is_selected_somewhere():
     assert {algo for _, algo in ALGO_CASES} == set(fast_conv.ALGORITHMS)
 
 
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
 @pytest.mark.parametrize("case,algo", ALGO_CASES, ids=str)
-def test_each_algorithm_matches_torch(case, algo):
+def test_each_algorithm_matches_torch(case, algo, channels_last):
     b, d, p, m, n, u, v, s, pad = case
     x, w, bb = conv_inputs(b, d, p, m, n, u, v, seed=1)
-    helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, _pair(s), _pair(pad), algo=algo),
-                   lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    y = helper_test_op(
+        lambda x, w, bb: fast_conv.conv2d(x.contiguous(memory_format=fmt), w, bb, _pair(s),
+                                          _pair(pad), algo=algo),
+        lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+    if channels_last and d > 1 and m * n > 1:     # unambiguously channels-last in and out
+        assert y.is_contiguous(memory_format=torch.channels_last) or y.shape[2:] == (1, 1)
 
 
 # Layouts made inside the function from a contiguous leaf (a clone would make them contiguous).
@@ -123,12 +129,15 @@ def test_fast_conv_float32_model_shape():
                    lambda x, w, bb: F.conv2d(x, w, bb, 1, 1), [x, w, bb], atol=2e-4, rtol=1e-4)
 
 
-def test_fast_conv_chunked_batch(monkeypatch):
-    # A tiny chunk budget forces one image per chunk: chunk edges must not change the result.
+@pytest.mark.parametrize("k,s,pad", [(3, 1, 1), (3, 2, 1), (1, 2, 0), (1, 1, 0), (2, 3, 1)],
+                         ids=str)
+def test_fast_conv_chunked_batch(monkeypatch, k, s, pad):
+    # A tiny chunk budget forces one image per chunk: chunk edges must not change the result,
+    # and the reused zero-bordered buffers must not leak one image into the next.
     monkeypatch.setattr(fast_conv, "CPU_CHUNK_BYTES", 1)
-    x, w, bb = conv_inputs(3, 2, 3, 6, 6, 3, 3)
-    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, 2, 1),
-                   lambda x, w, bb: F.conv2d(x, w, bb, 2, 1), [x, w, bb])
+    x, w, bb = conv_inputs(3, 2, 3, 6, 6, k, k)
+    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, s, pad),
+                   lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
 
 
 def test_only_needed_gradients_are_computed():
@@ -204,7 +213,8 @@ def test_device_agnostic(device):
     x, w, bb = conv_inputs(2, 3, 4, 8, 8, 3, 3, dtype=torch.float32, device=device)
     helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, 2, 1),
                    lambda x, w, bb: F.conv2d(x, w, bb, 2, 1), [x, w, bb], atol=1e-4, rtol=1e-4)
-    helper_test_op(lambda t: ops.pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), [x])
+    helper_test_op(lambda t: ops.pool2d(t, 3, 2, 1), lambda t: F.max_pool2d(t, 3, 2, 1), [x],
+                   atol=1e-6, rtol=1e-6)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

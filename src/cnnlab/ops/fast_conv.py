@@ -1,26 +1,28 @@
 """Fast 2-D convolution from tensor building blocks, with a hand-written backward.
 
-Formula 5.13 with stride S and zero padding, in index form (x padded, NHWC layout):
+Formula 5.13 with stride S and zero padding, in index form (x padded, channels last):
 
     y[b,i,j,p] = sum_{u,v,d} x[b, S*i+u, S*j+v, d] * w[p,d,u,v] + bias[p]
 
 Gathering every window into a row ("im2col") turns this into one matrix product
-    Y[R, P] = cols[R, K] @ W[K, P]     R = B*M'*N' output pixels, K = U*V*D taps,
-and differentiating that product gives the backward (the textbook's chain rule, written out):
-    dW = cols^T @ dY                   (each tap's input times the output gradient, summed)
-    dcols = dY @ W^T, dx = col2im(dcols)  (every window scatters its gradient back where it read)
-    dbias = sum of dY over R.
+    Y[R, P] = cols[R, K] @ W[K, P]        R = B*M'*N' output pixels, K = U*V*D taps,
+and differentiating that product gives the backward (the chain rule, written out):
+    dW = cols^T @ dY                      each tap's input times the output gradient, summed
+    dcols = dY @ W^T, dx = col2im(dcols)  every window returns its gradient where it read
+    dbias = dY summed over R.
+For stride 1, dx is itself a convolution: the zero-padded dY correlated with the kernel flipped
+and transposed (dx[m] = sum_u dY[m - u] w[u]), so it reuses the forward's im2col and needs no
+scatter at all.
 
-Never calls torch's convolution kernels: only pad, as_strided views, copies, matmul and sums.
-Channels-last (NHWC) is the working layout: the channels of one pixel are contiguous, so a window
-row is U*V contiguous runs of D values (a cheap copy) and the products are plain row-major GEMMs.
-
-Algorithms (`choose_algorithm`, overridable with `algo=`), all on the same geometry:
-- "matmul": the kernel covers the whole (padded) input, so the output is 1x1 and im2col is just a
-  reshape: one [B, K] @ [K, P] product, no copy at all (LeNet's conv5, ResNet's last stage).
-- "pointwise": a 1x1 kernel: no window gather, the (subsampled) pixels are already the rows.
-- "im2col": everything else; the batch is cut into chunks so the cols buffer stays in cache and
-  is never stored for backward (recomputing it costs a copy; storing it costs U*V times x).
+Never calls torch's convolution kernels: only copies into padded buffers, as_strided window views,
+matmul and sums. Algorithms (`choose_algorithm`, overridable with `algo=`):
+- "matmul": the (cropped) kernel covers the whole padded input, so the output is 1x1 and the
+  window is the image: one [B, K] @ [K, P] product on a view of x, no copy at all (LeNet's conv5,
+  ResNet's 1x1 and 2x2 last stage).
+- "pointwise": a 1x1 kernel: the (subsampled) pixels already are the rows; dx is a strided
+  assignment, not U*V scatter-adds.
+- "im2col": everything else.
+Cropping (see `Geometry`) comes first: kernel taps that only ever meet padding are dropped.
 """
 
 from __future__ import annotations
@@ -28,15 +30,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 ALGORITHMS = ("matmul", "pointwise", "im2col")
 
-# Bytes of cols (im2col) per chunk on CPU: small enough to stay in the L2/L3 caches and below
-# glibc's mmap threshold (32 MiB), so the buffer is reused instead of page-faulted in each call.
-CPU_CHUNK_BYTES = 4 << 20
-# On a GPU big products pay and there is no small cache to stay in: one chunk unless huge.
+# Bytes of im2col rows per batch chunk on CPU. The chunk's cols buffer is allocated once per call
+# and reused, so it stays in cache and is never page-faulted in again; the batch is cut at image
+# boundaries. Large enough that each matrix product still has thousands of rows.
+CPU_CHUNK_BYTES = 8 << 20
+# On a GPU there is no small cache to stay in and each extra launch costs: one chunk unless huge.
 GPU_CHUNK_BYTES = 1 << 30
 
 
@@ -52,6 +54,11 @@ class Geometry:
     taps: tuple[int, int, int, int]   # u0, u1, v0, v1 (inclusive)
     stride: tuple[int, int]
     out: tuple[int, int]              # M', N'
+
+    @property
+    def kernel(self):
+        u0, u1, v0, v1 = self.taps
+        return u1 - u0 + 1, v1 - v0 + 1
 
 
 def _alive_taps(m, u, p, s, mo):
@@ -77,75 +84,119 @@ def geometry(x_shape, w_shape, stride, padding) -> Geometry:
 def choose_algorithm(x_shape, w_shape, geo: Geometry) -> str:
     """Pick the cheapest exact algorithm for this geometry (see the module docstring)."""
     top, bottom, left, right = geo.pads
-    u0, u1, v0, v1 = geo.taps
-    ku, kv = u1 - u0 + 1, v1 - v0 + 1
     mp, np_ = x_shape[-2] + top + bottom, x_shape[-1] + left + right
-    if (ku, kv) == (mp, np_):
+    if geo.kernel == (mp, np_):
         return "matmul"
-    if (ku, kv) == (1, 1):
+    if geo.kernel == (1, 1):
         return "pointwise"
     return "im2col"
 
 
-def _pad_nhwc(xh, pads):
-    """Zero-pad (or crop, for negative pads) an NHWC tensor [B,M,N,D] along M and N."""
+# ------------------------------------------------------------------------------ helpers
+
+def _nhwc(t):
+    """[B,C,H,W] -> [B,H,W,C] view (no copy)."""
+    return t.permute(0, 2, 3, 1)
+
+
+def _channels_last(t):
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def _place(buf, src, pads):
+    """Copy NHWC src [n,H,W,C] into zero-bordered buf [n, H+top+bottom, W+left+right, C].
+
+    Negative pads crop src instead. The border of buf is never written, so it stays zero when
+    buf is reused for the next chunk.
+    """
     top, bottom, left, right = pads
-    if pads == (0, 0, 0, 0):
-        return xh
-    return F.pad(xh, (0, 0, left, right, top, bottom))
+    h, w = src.shape[1:3]
+    src = src[:, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)]
+    buf[:, max(0, top):max(0, top) + src.shape[1], max(0, left):max(0, left) + src.shape[2]] = src
 
 
 def _windows(xp, kernel, stride, out):
-    """View of every window of padded NHWC xp: [B, M', N', U, V, D] (no copy)."""
-    b, _, _, d = xp.shape
-    sb, sm, sn, sd = xp.stride()
-    return xp.as_strided((b, *out, *kernel, d),
-                         (sb, sm * stride[0], sn * stride[1], sm, sn, sd))
+    """View of every window of padded NHWC xp: [n, M', N', U, V, C] (no copy)."""
+    n, _, _, c = xp.shape
+    sn, sm, sw, sc = xp.stride()
+    return xp.as_strided((n, *out, *kernel, c), (sn, sm * stride[0], sw * stride[1], sm, sw, sc))
 
 
-def _chunks(batch, row_bytes, device):
-    """Batch slices whose cols buffer stays under the chunk budget."""
+def _chunk(batch, row_bytes, device):
+    """Images per chunk, so that one chunk's cols buffer stays under the budget."""
     budget = GPU_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
-    step = max(1, min(batch, budget // max(1, row_bytes)))
-    return [(b0, min(batch, b0 + step)) for b0 in range(0, batch, step)]
+    return max(1, min(batch, budget // max(1, row_bytes)))
 
 
-def _to_nhwc(t):
-    """[B,C,H,W] -> NHWC view [B,H,W,C]; a copy only when t is not already channels-last."""
-    th = t.permute(0, 2, 3, 1)
-    return th if th.is_contiguous() else th.contiguous()
+class _Out:
+    """An output [B,C,H,W] written chunk by chunk from NHWC rows, in the layout torch would use.
+
+    A channels-last input gets a channels-last output, written in place by the matrix products;
+    otherwise the rows go through a small reused buffer and are transposed into NCHW per chunk,
+    while that chunk is still in cache.
+    """
+
+    def __init__(self, like, shape, chunk):
+        b, c, h, w = shape
+        self.last = _channels_last(like)
+        self.t = like.new_empty((b, h, w, c)).permute(0, 3, 1, 2) if self.last else \
+            like.new_empty(shape)
+        self.buf = None if self.last else like.new_empty((chunk * h * w, c))
+
+    def rows(self, b0, b1):
+        """[n*H*W, C] matrix to write the rows of images b0..b1 into."""
+        if self.last:
+            return _nhwc(self.t[b0:b1]).reshape(-1, self.t.shape[1])
+        return self.buf[:(b1 - b0) * self.t.shape[2] * self.t.shape[3]]
+
+    def commit(self, b0, b1):
+        if not self.last:
+            n, (c, h, w) = b1 - b0, self.t.shape[1:]
+            self.t[b0:b1] = self.buf[:n * h * w].view(n, h, w, c).permute(0, 3, 1, 2)
 
 
-def _from_nhwc(th, like):
-    """NHWC [B,H,W,C] -> [B,C,H,W] in the memory format of `like` (as torch's conv does)."""
-    t = th.permute(0, 3, 1, 2)
-    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
-        return t
-    return t.contiguous()
+def _rows_source(t, chunk, pads):
+    """Reader of NHWC row blocks of t, padded by `pads` into a reused zero-bordered buffer."""
+    b, c, h, w = t.shape
+    top, bottom, left, right = pads
+    th = _nhwc(t)
+    if pads == (0, 0, 0, 0) and _channels_last(t) or t.shape[2:] == (1, 1) and not any(pads):
+        return lambda b0, b1: th[b0:b1]         # already NHWC-contiguous: a view, no copy
+    buf = t.new_zeros((chunk, h + top + bottom, w + left + right, c))
 
+    def read(b0, b1):
+        part = buf[:b1 - b0]
+        _place(part, th[b0:b1], pads)
+        return part
+    return read
+
+
+# ------------------------------------------------------------------------------ the Function
 
 class _Conv2d(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, weight, bias, geo, algo):
-        u0, u1, v0, v1 = geo.taps
-        wk = weight[:, :, u0:u1 + 1, v0:v1 + 1]                     # cropped kernel [P,D,U,V]
-        p, d, ku, kv = wk.shape
-        wm = wk.permute(0, 2, 3, 1).reshape(p, ku * kv * d)         # [P, K], K in (u,v,d) order
-        xh = _to_nhwc(x)
-        b = x.shape[0]
-        mo, no = geo.out
-        yh = x.new_empty((b, mo, no, p))
-        rows = _rows_fn(algo)
-        for b0, b1 in _chunks(b, mo * no * ku * kv * d * x.element_size(), x.device):
-            cols = rows(xh[b0:b1], geo, (ku, kv))                    # [R, K]
-            y = yh[b0:b1].view(-1, p)
-            if bias is None:
-                torch.mm(cols, wm.t(), out=y)
-            else:
-                torch.addmm(bias, cols, wm.t(), out=y)
         ctx.save_for_backward(x, weight)
         ctx.geo, ctx.algo, ctx.has_bias = geo, algo, bias is not None
-        return _from_nhwc(yh, x)
+        wk = _cropped(weight, geo)
+        if algo == "matmul":
+            return _matmul_forward(x, wk, bias, geo)
+        p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
+        wm = wk.permute(0, 2, 3, 1).reshape(p, ku * kv * d)          # [P, K], K in (u,v,d) order
+        b = x.shape[0]
+        chunk = _chunk(b, mo * no * ku * kv * d * x.element_size(), x.device)
+        read = _rows_source(x, chunk, geo.pads)
+        cols = x.new_empty((chunk * mo * no, ku * kv * d))
+        y = _Out(x, (b, p, mo, no), chunk)
+        for b0 in range(0, b, chunk):
+            b1 = min(b, b0 + chunk)
+            c = _im2col(read(b0, b1), geo, cols)
+            if bias is None:
+                torch.mm(c, wm.t(), out=y.rows(b0, b1))
+            else:
+                torch.addmm(bias, c, wm.t(), out=y.rows(b0, b1))
+            y.commit(b0, b1)
+        return y.t
 
     @staticmethod
     @once_differentiable
@@ -153,77 +204,152 @@ class _Conv2d(torch.autograd.Function):
         x, weight = ctx.saved_tensors
         geo, algo = ctx.geo, ctx.algo
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        u0, u1, v0, v1 = geo.taps
-        wk = weight[:, :, u0:u1 + 1, v0:v1 + 1]
-        p, d, ku, kv = wk.shape
-        wm = wk.permute(0, 2, 3, 1).reshape(p, ku * kv * d)
-        xh = _to_nhwc(x)
-        gyh = _to_nhwc(gy)
-        b = x.shape[0]
-        mo, no = geo.out
-        gx = gxh = gw = gb = None
-        if need_x:
-            gxh = x.new_empty((b, *x.shape[2:], d))
-        if need_w:
-            gwm = x.new_zeros((p, ku * kv * d))
-        rows = _rows_fn(algo)
-        for b0, b1 in _chunks(b, mo * no * ku * kv * d * x.element_size(), x.device):
-            g = gyh[b0:b1].reshape(-1, p)                              # dY rows [R, P]
-            if need_w:
-                gwm.addmm_(g.t(), rows(xh[b0:b1], geo, (ku, kv)))      # dW += dY^T @ cols
-            if need_x:
-                gcols = g @ wm                                          # dcols = dY @ W^T
-                gxh[b0:b1] = _col2im(gcols, b1 - b0, x.shape[2:], d, geo, (ku, kv), algo)
-        if need_x:
-            gx = _from_nhwc(gxh, x)
-        if need_w:
-            gw = torch.zeros_like(weight)
-            gw[:, :, u0:u1 + 1, v0:v1 + 1] = gwm.view(p, ku, kv, d).permute(0, 3, 1, 2)
-        if need_b and ctx.has_bias:
-            gb = gy.sum(dim=(0, 2, 3))
+        gb = gy.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
+        if algo == "matmul":
+            gx, gw = _matmul_backward(x, weight, gy, geo, need_x, need_w)
+        else:
+            gx, gw = _im2col_backward(x, weight, gy, geo, algo, need_x, need_w)
         return gx, gw, gb, None, None
 
 
-def _rows_matmul(xh, geo, kernel):
-    # The window is the whole padded image: its NHWC flattening already is the cols row.
-    xp = _pad_nhwc(xh, geo.pads)
-    return xp.reshape(xp.shape[0], -1)
+def _cropped(weight, geo):
+    u0, u1, v0, v1 = geo.taps
+    return weight[:, :, u0:u1 + 1, v0:v1 + 1]
 
 
-def _rows_pointwise(xh, geo, kernel):
-    # 1x1 kernel: the rows are the (strided) pixels; a copy only when the stride skips pixels.
-    xp = _pad_nhwc(xh, geo.pads)
-    sh, sw = geo.stride
-    mo, no = geo.out
-    return xp[:, :sh * (mo - 1) + 1:sh, :sw * (no - 1) + 1:sw].reshape(-1, xp.shape[-1])
+def _uncropped(gwk, weight, geo):
+    """Gradient of the full kernel from the cropped kernel's: zero at the dropped taps."""
+    if gwk.shape == weight.shape:
+        return gwk
+    gw = torch.zeros_like(weight)
+    u0, u1, v0, v1 = geo.taps
+    gw[:, :, u0:u1 + 1, v0:v1 + 1] = gwk
+    return gw
 
 
-def _rows_im2col(xh, geo, kernel):
-    xp = _pad_nhwc(xh, geo.pads)
-    return _windows(xp, kernel, geo.stride, geo.out).reshape(-1, kernel[0] * kernel[1] * xp.shape[-1])
+def _im2col(xp, geo, cols):
+    """Copy every window of padded NHWC xp [n,..] into rows of the reused buffer -> [n*M'*N', K]."""
+    n = xp.shape[0]
+    (mo, no), (ku, kv) = geo.out, geo.kernel
+    rows = cols[:n * mo * no]
+    if geo.kernel == (1, 1) and geo.stride == (1, 1) and xp.is_contiguous():
+        return xp.view(n * mo * no, -1)            # 1x1, stride 1: the pixels are the rows
+    rows.view(n, mo, no, ku, kv, -1).copy_(_windows(xp, geo.kernel, geo.stride, geo.out))
+    return rows
 
 
-def _rows_fn(algo):
-    return {"matmul": _rows_matmul, "pointwise": _rows_pointwise, "im2col": _rows_im2col}[algo]
+# ------------------------------------------------------------------------------ matmul
+
+def _flat_input(x, geo):
+    """x padded/cropped to exactly the one window, flattened per image: [B, D*U*V] (a view
+    when no padding is needed) and the matching order of the weight's flattening."""
+    top, bottom, left, right = geo.pads
+    if any(geo.pads):
+        m, n = x.shape[2:]
+        xp = x.new_zeros((x.shape[0], x.shape[1], m + top + bottom, n + left + right))
+        src = x[:, :, max(0, -top):m - max(0, -bottom), max(0, -left):n - max(0, -right)]
+        xp[:, :, max(0, top):max(0, top) + src.shape[2],
+           max(0, left):max(0, left) + src.shape[3]] = src
+        x = xp
+    return x.reshape(x.shape[0], -1), x.shape
 
 
-def _col2im(gcols, b, in_size, d, geo, kernel, algo):
-    """Scatter-add window gradients back onto the input: the adjoint of `_rows_*` -> [b,M,N,D]."""
-    (m, n), (top, bottom, left, right) = in_size, geo.pads
-    shape = (b, m + top + bottom, n + left + right, d)
-    (mo, no), (sh, sw), (ku, kv) = geo.out, geo.stride, kernel
-    if algo == "matmul":              # one window = the whole padded image: a reshape
-        gxp = gcols.view(shape)
-    elif algo == "pointwise":         # each pixel is read at most once: one strided assignment
-        gxp = gcols.new_zeros(shape)
-        gxp[:, :sh * (mo - 1) + 1:sh, :sw * (no - 1) + 1:sw] = gcols.view(b, mo, no, d)
-    else:
-        gxp = gcols.new_zeros(shape)
-        g = gcols.view(b, mo, no, ku, kv, d)
-        for u in range(ku):           # U*V strided adds: each tap returns its share of dY
-            for v in range(kv):
-                gxp[:, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += g[:, :, :, u, v]
-    return _pad_nhwc(gxp, (-top, -bottom, -left, -right))
+def _matmul_forward(x, wk, bias, geo):
+    # The whole (cropped) image is the only window: y[b,p] = <x[b], w[p]>, a plain matrix product.
+    xf, _ = _flat_input(x, geo)
+    wf = wk.reshape(wk.shape[0], -1)                                    # [P, D*U*V], a view
+    y = xf @ wf.t() if bias is None else torch.addmm(bias, xf, wf.t())
+    return y.view(x.shape[0], wk.shape[0], 1, 1)
+
+
+def _matmul_backward(x, weight, gy, geo, need_x, need_w):
+    g = gy.reshape(gy.shape[0], -1)                                     # [B, P]
+    wk = _cropped(weight, geo)
+    gx = gw = None
+    if need_w:
+        xf, _ = _flat_input(x, geo)
+        gw = _uncropped((g.t() @ xf).view(wk.shape), weight, geo)
+    if need_x:
+        gxp = (g @ wk.reshape(wk.shape[0], -1)).view(x.shape[0], x.shape[1], *geo.kernel)
+        top, bottom, left, right = geo.pads
+        m, n = x.shape[2:]
+        gx = gxp.new_zeros(x.shape) if any(p < 0 for p in geo.pads) else None
+        part = gxp[:, :, max(0, top):gxp.shape[2] - max(0, bottom),
+                   max(0, left):gxp.shape[3] - max(0, right)]
+        if gx is None:
+            gx = part.contiguous()
+        else:
+            gx[:, :, max(0, -top):m - max(0, -bottom), max(0, -left):n - max(0, -right)] = part
+    return gx, gw
+
+
+# ------------------------------------------------------------------------------ im2col backward
+
+def _im2col_backward(x, weight, gy, geo, algo, need_x, need_w):
+    wk = _cropped(weight, geo)
+    p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
+    b, (m, n) = x.shape[0], x.shape[2:]
+    k = ku * kv * d
+    chunk = _chunk(b, mo * no * max(k, ku * kv * p) * x.element_size(), x.device)
+    read_g = _rows_source(gy, chunk, (0, 0, 0, 0))                        # dY as NHWC rows
+    gx = gwm = None
+    if need_w:
+        read_x = _rows_source(x, chunk, geo.pads)
+        cols = x.new_empty((chunk * mo * no, k))
+        gwm = x.new_zeros((p, k))
+    if need_x:
+        gx = _Out(x, x.shape, chunk)
+        wm = wk.permute(0, 2, 3, 1).reshape(p, k)
+        transposed = geo.stride == (1, 1) and algo == "im2col"
+        if transposed:
+            # Stride 1: dx = dY (zero-padded) correlated with the flipped, transposed kernel.
+            top, bottom, left, right = geo.pads
+            gpads = (ku - 1 - top, m + ku - 1 - mo - (ku - 1 - top),
+                     kv - 1 - left, n + kv - 1 - no - (kv - 1 - left))
+            read_gp = _rows_source(gy, chunk, gpads)
+            wf = wk.flip(2, 3).permute(1, 2, 3, 0).reshape(d, ku * kv * p)   # [D, (u,v,p)]
+            gcols = x.new_empty((chunk * m * n, ku * kv * p))
+            ggeo = Geometry(gpads, (0, ku - 1, 0, kv - 1), (1, 1), (m, n))
+        else:
+            top, bottom, left, right = geo.pads
+            gxp = x.new_empty((chunk, m + top + bottom, n + left + right, d))
+            gcols = x.new_empty((chunk * mo * no, k))
+    for b0 in range(0, b, chunk):
+        b1 = min(b, b0 + chunk)
+        g = read_g(b0, b1).reshape(-1, p)                                  # dY rows [R, P]
+        if need_w:
+            gwm.addmm_(g.t(), _im2col(read_x(b0, b1), geo, cols))         # dW += dY^T @ cols
+        if need_x:
+            rows = gx.rows(b0, b1)
+            if transposed:
+                torch.mm(_im2col(read_gp(b0, b1), ggeo, gcols), wf.t(), out=rows)
+            elif geo.kernel == (1, 1) and geo.stride == (1, 1) and not any(geo.pads):
+                torch.mm(g, wm, out=rows)                                  # 1x1: dx = dY @ W
+            else:
+                gc = torch.mm(g, wm, out=gcols[:g.shape[0]])              # dcols = dY @ W
+                _col2im(gc, gxp[:b1 - b0], geo, rows.view(b1 - b0, m, n, d))
+            gx.commit(b0, b1)
+    gw = None
+    if need_w:
+        gw = _uncropped(gwm.view(p, ku, kv, d).permute(0, 3, 1, 2), weight, geo)
+    return (gx.t if need_x else None), gw
+
+
+def _col2im(gcols, gxp, geo, out):
+    """Scatter-add window gradients [n*M'*N', K] onto the padded input gxp, crop into out."""
+    n = gxp.shape[0]
+    (mo, no), (sh, sw), (ku, kv) = geo.out, geo.stride, geo.kernel
+    g = gcols.view(n, mo, no, ku, kv, -1)
+    gxp.zero_()
+    for u in range(ku):                  # U*V strided adds: each tap returns its share of dY
+        for v in range(kv):
+            gxp[:, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += g[:, :, :, u, v]
+    top, bottom, left, right = geo.pads
+    m, nn = out.shape[1:3]
+    if min(geo.pads) < 0:            # cropped-off input rows/columns were never read: zero grad
+        out.zero_()
+    src = gxp[:, max(0, top):gxp.shape[1] - max(0, bottom), max(0, left):gxp.shape[2] - max(0, right)]
+    out[:, max(0, -top):m - max(0, -bottom), max(0, -left):nn - max(0, -right)] = src
 
 
 def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), algo=None):

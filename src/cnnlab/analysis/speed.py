@@ -1,0 +1,318 @@
+"""Speed of our operators vs torch's: the layer shapes of the lab's models, timed fairly.
+
+Every figure is a ratio from one run of interleaved repetitions (A, B, B, A, A, B, ...), so load
+from other processes hits both sides alike; the reported ratio is the median of the per-pair
+ratios, the times are medians too. Forward + backward (gradients of x, weight and bias), float32.
+Used by `benchmarks/ops.py`, `benchmarks/models.py` and the report (`run_report_table`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass
+
+import torch
+
+from cnnlab import ops
+from cnnlab.ops import fast_conv
+
+
+@dataclass(frozen=True)
+class ConvShape:
+    """One convolution layer: x [B,D,H,H] * w [P,D,k,k], stride s, padding p; `where` it occurs."""
+
+    d: int
+    p: int
+    k: int
+    s: int
+    pad: int
+    h: int
+    bias: bool
+    where: str
+
+    def label(self) -> str:
+        return f"{self.d:>3}->{self.p:<3} {self.k}x{self.k}/{self.s} p{self.pad} @{self.h}x{self.h}"
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    c: int
+    h: int
+    k: int
+    s: int
+    pad: int
+    mode: str
+    where: str
+
+    def label(self) -> str:
+        return f"{self.mode} {self.c}ch {self.k}x{self.k}/{self.s} p{self.pad} @{self.h}x{self.h}"
+
+
+def _resnet_convs(name, c_in, h, stem):
+    """Conv layers of a ResNet18 (2 BasicBlocks a stage, 1x1/2 shortcut where the shape changes)."""
+    if stem == "lab":        # 7x7/2 stem with bias, then the 3x3/2 max-pool
+        out = [(c_in, 64, 7, 2, 3, h, True, f"{name} conv1")]
+        h = (h + 6 - 7) // 2 + 1
+        h = (h + 2 - 3) // 2 + 1
+    else:                    # CIFAR: 3x3 stride-1 stem, no max-pool
+        out = [(c_in, 64, 3, 1, 1, h, False, f"{name} conv1")]
+    c = 64
+    for stage, width in enumerate((64, 128, 256, 512), start=1):
+        s = 1 if stage == 1 else 2
+        layer = f"{name} layer{stage}"
+        out.append((c, width, 3, s, 1, h, False, f"{layer}.0.conv1"))
+        if s != 1 or c != width:
+            out.append((c, width, 1, s, 0, h, False, f"{layer}.0.downsample"))
+        h = (h + 2 - 3) // s + 1
+        out.append((width, width, 3, 1, 1, h, False, f"{layer} 3x3"))
+        c = width
+    return out
+
+
+def conv_shapes() -> list[ConvShape]:
+    """Every distinct conv shape of LeNet, ResNet18 (lab: 1x32x32) and ResNet18 (CIFAR: 3x32x32)."""
+    layers = [(1, 6, 5, 1, 0, 32, True, "lenet conv1"), (6, 16, 5, 1, 0, 14, True, "lenet conv3"),
+              (16, 120, 5, 1, 0, 5, True, "lenet conv5")]
+    layers += _resnet_convs("resnet18", 1, 32, "lab")
+    layers += _resnet_convs("resnet18-cifar", 3, 32, "cifar")
+    seen = {}
+    for *key, bias, where in layers:
+        key = tuple(key) + (bias,)
+        seen.setdefault(key, []).append(where)
+    return [ConvShape(*key, where=", ".join(w)) for key, w in seen.items()]
+
+
+def pool_shapes() -> list[PoolShape]:
+    """The pooling layers of the models, each timed as max and as average pooling."""
+    layers = [(6, 28, 2, 2, 0, "lenet pool2"), (16, 10, 2, 2, 0, "lenet pool4"),
+              (64, 16, 3, 2, 1, "resnet18 max-pool")]
+    return [PoolShape(c, h, k, s, p, mode, where) for c, h, k, s, p, where in layers
+            for mode in ("max", "avg")]
+
+
+# ------------------------------------------------------------------------------ timing
+
+def _sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _time(fn, device):
+    _sync(device)
+    t0 = time.perf_counter()
+    fn()
+    _sync(device)
+    return time.perf_counter() - t0
+
+
+def interleaved(fn_a, fn_b, device, reps=5, warmup=1, budget_s=None):
+    """Median times (s) of fn_a and fn_b and the median of per-pair ratios b/a.
+
+    Runs A,B then B,A alternately so drift and load hit both; stops early after `budget_s`
+    seconds once 3 pairs are in.
+    """
+    for _ in range(warmup):
+        fn_a(), fn_b()
+    ta, tb, start = [], [], time.perf_counter()
+    for r in range(reps):
+        if r % 2 == 0:
+            a, b = _time(fn_a, device), _time(fn_b, device)
+        else:
+            b, a = _time(fn_b, device), _time(fn_a, device)
+        ta.append(a)
+        tb.append(b)
+        if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
+            break
+    ratio = statistics.median(b / a for a, b in zip(ta, tb))
+    return statistics.median(ta), statistics.median(tb), ratio
+
+
+def conv_step(shape: ConvShape, impl: str, batch: int, device, dtype=torch.float32, seed=0):
+    """A closure running conv2d forward + backward (grads of x, weight, bias) on fixed tensors."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, shape.d, shape.h, shape.h, generator=gen, dtype=dtype)
+    w = torch.randn(shape.p, shape.d, shape.k, shape.k, generator=gen, dtype=dtype)
+    w /= math.sqrt(shape.d * shape.k * shape.k)
+    b = torch.randn(shape.p, generator=gen, dtype=dtype) if shape.bias else None
+    leaves = [t.to(device).requires_grad_() for t in (x, w, b) if t is not None]
+    x, w = leaves[0], leaves[1]
+    b = leaves[2] if shape.bias else None
+    ho = (shape.h + 2 * shape.pad - shape.k) // shape.s + 1
+    grad = torch.randn(batch, shape.p, ho, ho, generator=gen, dtype=dtype).to(device)
+
+    def step():
+        for t in leaves:
+            t.grad = None
+        ops.conv2d(x, w, b, shape.s, shape.pad, impl=impl).backward(grad)
+    return step
+
+
+def pool_step(shape: PoolShape, impl: str, batch: int, device, dtype=torch.float32, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, shape.c, shape.h, shape.h, generator=gen, dtype=dtype)
+    x = x.to(device).requires_grad_()
+    ho = (shape.h + 2 * shape.pad - shape.k) // shape.s + 1
+    grad = torch.randn(batch, shape.c, ho, ho, generator=gen, dtype=dtype).to(device)
+
+    def step():
+        x.grad = None
+        ops.pool2d(x, shape.k, shape.s, shape.pad, shape.mode, impl=impl).backward(grad)
+    return step
+
+
+def algorithm(shape: ConvShape, batch: int) -> str:
+    xs, ws = (batch, shape.d, shape.h, shape.h), (shape.p, shape.d, shape.k, shape.k)
+    geo = fast_conv.geometry(xs, ws, (shape.s, shape.s), (shape.pad, shape.pad))
+    return fast_conv.choose_algorithm(xs, ws, geo)
+
+
+def summarize(rows) -> dict:
+    ratios = [r["ratio"] for r in rows]
+    return {"rows": rows, "geomean": math.exp(sum(map(math.log, ratios)) / len(ratios)),
+            "worst": max(ratios), "best": min(ratios)}
+
+
+def measure(batch=64, device="cpu", impl="fast", reps=5, quick=False, shapes=None) -> dict:
+    """Conv forward+backward, `impl` vs native, on every model shape: rows + geomean + worst.
+
+    Each row: shape, where, native_ms, <impl>_ms (as "fast_ms"), ratio (impl / native), algorithm.
+    """
+    device = torch.device(device)
+    rows = []
+    for shape in shapes or conv_shapes():
+        native = conv_step(shape, "native", batch, device)
+        ours = conv_step(shape, impl, batch, device)
+        t_native, t_ours, ratio = interleaved(native, ours, device, reps=3 if quick else reps,
+                                              budget_s=2.0 if quick else 8.0)
+        rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
+                     "fast_ms": 1e3 * t_ours, "ratio": ratio,
+                     "algorithm": algorithm(shape, batch) if impl == "fast" else impl})
+    return summarize(rows)
+
+
+def measure_pool(batch=64, device="cpu", impl="fast", reps=7, quick=False) -> dict:
+    device = torch.device(device)
+    rows = []
+    for shape in pool_shapes():
+        native = pool_step(shape, "native", batch, device)
+        ours = pool_step(shape, impl, batch, device)
+        t_native, t_ours, ratio = interleaved(native, ours, device, reps=3 if quick else reps,
+                                              budget_s=2.0 if quick else 5.0)
+        rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
+                     "fast_ms": 1e3 * t_ours, "ratio": ratio, "algorithm": "taps"})
+    return summarize(rows)
+
+
+def measure_reference(batch=8, device="cpu") -> dict:
+    """The lab's loops vs native on LeNet's layers: one timed repetition each (they are slow)."""
+    convs = [s for s in conv_shapes() if s.where.startswith("lenet")]
+    pools = [p for p in pool_shapes() if p.where.startswith("lenet")
+             and p.mode == ("max" if p.where.endswith("pool2") else "avg")]
+    device = torch.device(device)
+    rows = []
+    for shape, make in [(s, conv_step) for s in convs] + [(p, pool_step) for p in pools]:
+        native, ref = make(shape, "native", batch, device), make(shape, "reference", batch, device)
+        t_native, t_ref, ratio = interleaved(native, ref, device, reps=1, warmup=0)
+        rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
+                     "fast_ms": 1e3 * t_ref, "ratio": ratio, "algorithm": "reference loops"})
+    return summarize(rows)
+
+
+# ------------------------------------------------------------------------------ memory
+
+def _largest(shapes):
+    """The shape with the most activation values (input + output): the biggest memory user."""
+    def size(s):
+        ho = (s.h + 2 * s.pad - s.k) // s.s + 1
+        return s.d * s.h * s.h + s.p * ho * ho
+    return max(shapes, key=size)
+
+
+def peak_memory(shape: ConvShape, impl: str, batch: int, device="cpu") -> int:
+    """Extra bytes at the peak of one conv forward+backward, beyond the inputs already held.
+
+    CPU: a fresh child process (peak RSS minus RSS before the step, so torch's and oneDNN's
+    private buffers count too). CUDA: torch.cuda.max_memory_allocated around the step.
+    """
+    if torch.device(device).type == "cuda":
+        step = conv_step(shape, impl, batch, torch.device(device))
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        step()
+        torch.cuda.synchronize()
+        return torch.cuda.max_memory_allocated() - base
+    code = ("import json,sys; from cnnlab.analysis import speed; "
+            "print(json.dumps(speed._child_peak(json.loads(sys.argv[1]), sys.argv[2], "
+            "int(sys.argv[3]))))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(shape)), impl, str(batch)],
+                         capture_output=True, text=True, check=True)
+    return int(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def _rss_bytes():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _child_peak(shape_dict, impl, batch):
+    import resource
+    shape = ConvShape(**shape_dict)
+    conv_step(shape, impl, 1, torch.device("cpu"))()    # one-time set-up (kernels, thread pool)
+    step = conv_step(shape, impl, batch, torch.device("cpu"))
+    base = _rss_bytes()
+    step()
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+
+
+def measure_memory(batch=64, device="cpu") -> dict:
+    shape = _largest(conv_shapes())
+    native = peak_memory(shape, "native", batch, device)
+    fast = peak_memory(shape, "fast", batch, device)
+    return {"shape": shape.label(), "where": shape.where, "native_bytes": native,
+            "fast_bytes": fast, "ratio": fast / max(1, native)}
+
+
+# ------------------------------------------------------------------------------ report
+
+def environment(device="cpu") -> dict:
+    dev = torch.device(device)
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or \
+        platform.machine()
+    return {"torch": torch.__version__, "device": str(dev), "device_name": name,
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+
+
+def run_report_table(quick=False, batch=64, device="cpu") -> dict:
+    """Everything the report shows: conv and pool tables, reference loops, peak memory.
+
+    {"environment": {...}, "batch": int, "conv": {"rows": [...], "geomean", "worst", "best"},
+     "pool": {...same...}, "reference": {...same, batch 8...}, "memory": {"shape", "native_bytes",
+     "fast_bytes", "ratio"}}. Rows: shape, where, native_ms, fast_ms, ratio, algorithm.
+    """
+    if quick:
+        batch = min(batch, 16)
+    return {"environment": environment(device), "batch": batch,
+            "conv": measure(batch, device, quick=quick),
+            "pool": measure_pool(batch, device, quick=quick),
+            "reference": {"batch": 2 if quick else 8, **measure_reference(2 if quick else 8, device)},
+            "memory": measure_memory(batch, device)}
+
+
+def format_table(title, table, impl_name="fast") -> str:
+    lines = [title,
+             f"{'shape':<30} {'native ms':>10} {impl_name + ' ms':>12} {'ratio':>7}  "
+             f"{'algorithm':<16} where"]
+    for r in table["rows"]:
+        lines.append(f"{r['shape']:<30} {r['native_ms']:>10.2f} {r['fast_ms']:>12.2f} "
+                     f"{r['ratio']:>7.2f}  {r['algorithm']:<16} {r['where']}")
+    lines.append(f"geometric mean {table['geomean']:.2f}, worst {table['worst']:.2f}, "
+                 f"best {table['best']:.2f} over {len(table['rows'])} shapes")
+    return "\n".join(lines)
