@@ -535,3 +535,71 @@ def test_write_failure_is_a_user_error_and_leaves_no_file(tmp_path):
     with pytest.raises(UserError, match="paddle-vision"):  # refused before the disk is touched
         write_pdparams(make("resnet18", 0, stem_bias=False), old, layout="lab")
     assert old.read_bytes() == b"old"
+
+
+# ----------------------------------------------------------------------------------------------
+# evaluate / predict / train --init read .pdparams files directly
+
+
+@pytest.fixture(scope="module")
+def lenet_files(tmp_path_factory):
+    """A LeNet saved both ways: a cnnlab checkpoint of the model itself and its .pdparams export."""
+    folder = tmp_path_factory.mktemp("lenet")
+    model = make("lenet-native", 7)
+    save_checkpoint(folder / "lenet.ckpt", model_payload("lenet-native", {}, model))
+    write_pdparams(model, folder / "lenet.pdparams")
+    return folder / "lenet.ckpt", folder / "lenet.pdparams"
+
+
+def _json_lines(capsys):
+    import json
+
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_evaluate_and_predict_accept_a_pdparams_file(tmp_path, lenet_files, capsys):
+    from PIL import Image
+
+    ckpt, pd = lenet_files
+    assert main(["evaluate", str(ckpt), "--json"]) == 0
+    (want,) = _json_lines(capsys)
+    assert main(["evaluate", str(pd), "--model", "lenet-native", "--json"]) == 0
+    (got,) = _json_lines(capsys)
+    assert (got["acc"], got["loss"], got["n"]) == (want["acc"], want["loss"], want["n"])
+
+    image = tmp_path / "digit.png"
+    pixels = np.zeros((28, 28), np.uint8)
+    pixels[6:22, 12:16] = 255  # a bar: a "1"
+    Image.fromarray(pixels).save(image)
+    assert main(["predict", str(ckpt), str(image), "--json"]) == 0
+    want = _json_lines(capsys)
+    assert main(["predict", str(pd), str(image), "--model", "lenet", "--json"]) == 0
+    got = _json_lines(capsys)
+    assert got[0]["class"] == want[0]["class"]
+    assert got[0]["prob"] == pytest.approx(want[0]["prob"], abs=1e-5)  # lenet: cnnlab's fast ops
+
+    assert main(["evaluate", str(pd)]) == 2  # which model? must be said
+    assert "--model" in _one_line_error(capsys)
+
+
+def test_train_init_starts_from_pdparams_weights(tmp_path, lenet_files, capsys):
+    import json
+
+    ckpt, pd = lenet_files
+    assert main(["evaluate", str(ckpt), "--json"]) == 0
+    (want,) = _json_lines(capsys)
+    out = tmp_path / "run"
+    # 0 epochs: no step is taken, so the tested model is the initial one.
+    assert main(["train", "lenet-native", "--init", str(pd), "--epochs", "0", "--out", str(out),
+                 "--quiet"]) == 0
+    run = json.loads((out / "run.json").read_text())
+    assert run["config"]["init"] == str(pd)
+    results = run["results"]
+    assert results["test_acc"] == want["acc"]
+    assert results["test_loss"] == pytest.approx(want["loss"], rel=1e-6)
+
+    assert main(["train", "lenet-native", "--init", str(pd), "--resume", str(out)]) == 2
+    assert "one of them" in _one_line_error(capsys)
+    assert main(["train", "resnet18", "--init", str(pd), "--epochs", "0", "--out",
+                 str(tmp_path / "r"), "--quiet"]) == 2
+    assert "looks like the lab's LeNet" in _one_line_error(capsys)

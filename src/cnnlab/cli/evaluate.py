@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.mnist import SOURCE_HELP
 from cnnlab.errors import UserError
 
@@ -20,7 +21,8 @@ def register(sub):
     p = sub.add_parser("evaluate", help="accuracy and loss of a checkpoint on MNIST",
                        description="Evaluate a checkpoint (e.g. runs/lenet/best.pt) on the data it "
                                    "was trained on, or on --data; the loss is the mean over images.")
-    p.add_argument("checkpoint", metavar="CKPT", help="a cnnlab checkpoint (best.pt / last.pt)")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a cnnlab checkpoint (best.pt / last.pt) or a Paddle .pdparams file")
     p.add_argument("--data", default=None, metavar="SOURCE",
                    help=f"{SOURCE_HELP} (default: the checkpoint's, else bundled)")
     p.add_argument("--split", choices=("train", "dev", "test"), default="test",
@@ -34,7 +36,8 @@ def register(sub):
     p = sub.add_parser("predict", help="classify image files with a checkpoint",
                        description="Print the predicted digit and its probability for each image.",
                        epilog=PREDICT_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("checkpoint", metavar="CKPT", help="a cnnlab checkpoint (best.pt / last.pt)")
+    p.add_argument("checkpoint", metavar="CKPT",
+                   help="a cnnlab checkpoint (best.pt / last.pt) or a Paddle .pdparams file")
     p.add_argument("images", metavar="IMAGE", nargs="+", help="image files (PNG, JPEG, ...)")
     p.add_argument("--invert", choices=("auto", "yes", "no"), default="auto",
                    help="invert grey levels: auto = when the image border is light (default)")
@@ -45,17 +48,28 @@ def register(sub):
 
 def _common(p):
     p.add_argument("--model", default=None,
-                   help="fail unless the checkpoint holds this model (e.g. lenet, resnet18)")
+                   help="fail unless the checkpoint holds this model (e.g. lenet, resnet18); "
+                        "required for a Paddle .pdparams file: the model it holds")
+    add_layout_argument(p)  # --layout, for a .pdparams CKPT
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--batch-size", type=int, default=64, help="images per batch (default 64)")
 
 
-def load_checkpoint_model(path, expect=None, device="auto"):
-    """-> (model on device, payload); a wrong, corrupt or mismatched checkpoint is a UserError."""
+def load_checkpoint_model(path, expect=None, device="auto", layout="auto"):
+    """-> (model on device, payload); a wrong, corrupt or mismatched checkpoint is a UserError.
+
+    A Paddle `.pdparams` file (the lab's notebook) is read safely into model `expect`."""
+    from cnnlab.interop.paddle import is_pdparams, model_from_pdparams
     from cnnlab.train.checkpoint import load_checkpoint, load_model
     from cnnlab.train.runner import resolve_device
 
     dev = resolve_device(device)
+    if is_pdparams(path):
+        if expect is None:
+            raise UserError(f"{path} is a Paddle .pdparams file: say which model it holds with "
+                            "--model (e.g. --model lenet)")
+        model, payload, _ = model_from_pdparams(path, expect, None if layout == "auto" else layout)
+        return model.to(dev).eval(), payload
     if expect is not None:
         from cnnlab.models import MODEL_NAMES
         if expect not in MODEL_NAMES:
@@ -79,7 +93,7 @@ def run_evaluate(args) -> int:
 
     if args.batch_size <= 0:
         raise UserError(f"--batch-size must be positive, got {args.batch_size}")
-    model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device)
+    model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device, args.layout)
     config = payload.get("config") or {}
     source = args.data or config.get("data") or "bundled"
     split = args.data_split or config.get("split") or "lab"
@@ -114,7 +128,7 @@ def run_predict(args) -> int:
 
     # Read every image first: a bad file fails before any model work.
     inputs = [prepare_image(load_image(p), args.invert)[1] for p in args.images]
-    model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device)
+    model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device, args.layout)
     channels = _model_in_channels(payload) or 1
     device = next(model.parameters()).device
     rows = []

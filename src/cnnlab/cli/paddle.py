@@ -14,9 +14,9 @@ LAYOUT_HELP = ("lab: the lab's Model_LeNet / Model_ResNet18; paddle-lenet: the l
                "paddle-vision: paddle.vision.models.resnet18")
 
 
-def add_layout_argument(parser, default="auto"):
+def add_layout_argument(parser, default="auto", dest="layout", flag="--layout"):
     """The --layout option, shared with evaluate/predict/train when they read a .pdparams file."""
-    parser.add_argument("--layout", default=default, choices=("auto", *LAYOUT_NAMES),
+    parser.add_argument(flag, dest=dest, default=default, choices=("auto", *LAYOUT_NAMES),
                         help=f"Paddle layout of the file ({LAYOUT_HELP}); default: {default}"
                         + (" (detected from the parameter names and shapes)" if default == "auto" else ""))
 

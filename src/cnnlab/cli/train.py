@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from cnnlab.cli import train_safety
+from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.mnist import SOURCE_HELP
 from cnnlab.train.config import LAB_DEFAULTS, TrainConfig
 
@@ -42,6 +43,10 @@ def register(sub):
     p.add_argument("--conv-impl", choices=("fast", "reference", "native"), default=None,
                    help="operator implementation of the model's conv/pool layers "
                         "(default: the model's own, 'fast' for lenet)")
+    p.add_argument("--init", metavar="CKPT_OR_PDPARAMS", default=None,
+                   help="start from these weights: a cnnlab checkpoint or the lab's Paddle "
+                        ".pdparams file (loaded strictly; optimizer and step start afresh)")
+    add_layout_argument(p, dest="init_layout", flag="--init-layout")
     p.add_argument("--out", metavar="DIR", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
     train_safety.add_arguments(p)  # --resume, --workers, --deterministic, --skip-nonfinite
@@ -58,11 +63,21 @@ def add_data_arguments(p, split_default="lab", data_default="bundled"):
 
 def config_from_args(args) -> TrainConfig:
     kwargs = {"conv_impl": args.conv_impl} if args.conv_impl else {}
+    init = getattr(args, "init", None)
+    if init:  # the file decides what the data does not (ResNet stem bias)
+        from cnnlab.errors import UserError
+        from cnnlab.interop.paddle import init_model_kwargs
+        if getattr(args, "resume", None):
+            raise UserError("--init starts a new run from given weights, --resume continues a run: "
+                            "give one of them")
+        kwargs = {**init_model_kwargs(init, args.model), **kwargs}
+    layout = getattr(args, "init_layout", "auto")
     return TrainConfig(model=args.model, data=args.data, split=args.split, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        weight_decay=args.weight_decay, seed=args.seed, log_steps=args.log_steps,
                        eval_steps=args.eval_steps, device=args.device, out=args.out,
-                       quiet=args.quiet, model_kwargs=kwargs)
+                       quiet=args.quiet, model_kwargs=kwargs, init=init,
+                       init_layout=None if layout == "auto" else layout)
 
 
 def run(args) -> int:

@@ -196,6 +196,10 @@ def load_paddle_weights(model: nn.Module, path_or_dict, source: str | None = Non
     mis-shaped keys raise UserError naming them in Paddle's names and ours; the model is unchanged
     then. `num_batches_tracked` keeps the model's value (Paddle has none)."""
     arrays, where = _as_arrays(path_or_dict)
+    return _load_arrays(model, arrays, where, source)
+
+
+def _load_arrays(model, arrays, where, source) -> PaddleTransfer:
     family = layouts.model_family(model)
     layout = detect_layout(model, arrays, where) if source in (None, "auto") else source
     entries = layouts.plan(model, layout)
@@ -301,7 +305,7 @@ def model_from_pdparams(path, model_name: str, layout: str | None = None, **mode
     shapes = {k: tuple(a.shape) for k, a in arrays.items()}
     kwargs = {**layouts.infer_model_kwargs(model_name, shapes), **model_kwargs}
     model = build_model(model_name, **kwargs)
-    info = load_paddle_weights(model, arrays, source=layout)
+    info = _load_arrays(model, arrays, str(path), layout)
     source = {
         "format": "paddle.pdparams",
         "path": str(path),
@@ -311,3 +315,32 @@ def model_from_pdparams(path, model_name: str, layout: str | None = None, **mode
     }
     model.eval()
     return model, model_payload(model_name, kwargs, model, config={"source": source}), info
+
+
+def init_model_kwargs(path, model_name: str) -> dict:
+    """Model kwargs a weights file needs beyond the data's (ResNet `stem_bias`), for `train --init`.
+
+    A `.pdparams` file shows whether its stem conv has a bias; a cnnlab checkpoint stores it."""
+    if is_pdparams(path):
+        shapes = {k: tuple(a.shape) for k, a in read_pdparams(path).items()}
+        kwargs = layouts.infer_model_kwargs(model_name, shapes)
+    else:
+        from cnnlab.train.checkpoint import load_checkpoint
+
+        kwargs = dict((load_checkpoint(path).get("model") or {}).get("kwargs") or {})
+    return {k: v for k, v in kwargs.items() if k == "stem_bias" and model_name.startswith("resnet")}
+
+
+def load_weights_file(model: nn.Module, path, layout: str | None = None) -> str:
+    """Load a cnnlab checkpoint or a `.pdparams` file into `model` strictly -> what was loaded.
+
+    For `train --init`: the weights are a starting point; optimizer and step start afresh."""
+    if is_pdparams(path):
+        info = load_paddle_weights(model, path, source=layout)
+        return f"{path} ({info.description})"
+    from cnnlab.train.checkpoint import load_checkpoint
+    from cnnlab.train.loading import load_state_strict
+
+    payload = load_checkpoint(path)
+    load_state_strict(model, payload.get("state_dict"), strict=True, source=str(path))
+    return f"{path} ({(payload.get('model') or {}).get('name')} checkpoint)"

@@ -52,6 +52,8 @@ class TrainConfig:
     num_workers: int = 0
     deterministic: bool = False   # seed everything, torch.use_deterministic_algorithms(True)
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping (exit 3)
+    init: str | None = None         # start from these weights: a cnnlab checkpoint or a .pdparams
+    init_layout: str | None = None  # Paddle layout of a .pdparams `init` (None: detect it)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every `None` replaced by the lab's default for `model`, validated."""

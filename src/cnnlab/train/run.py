@@ -101,6 +101,11 @@ def train_run(config: TrainConfig, data=None, resume=None) -> dict:
 
     t = time.perf_counter()
     runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data)
+    if cfg.init and resume is None:  # a resumed run restores its own weights instead
+        from cnnlab.interop.paddle import load_weights_file
+        loaded = load_weights_file(runner.model, cfg.init, cfg.init_layout)
+        if not cfg.quiet:
+            print(f"initial weights: {loaded}", flush=True)
     phases["build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
