@@ -393,6 +393,22 @@ def test_pickle_that_runs_code_is_refused(tmp_path, rng, attack):
         assert marker.exists()
 
 
+@pytest.mark.parametrize("data,reason", [
+    # allowed globals called with arguments a .pdparams file never has (hand-written opcodes)
+    (b"\x80\x02c_codecs\nencode\nX\x03\x00\x00\x00abcX\x05\x00\x00\x00rot13\x86R.", "encoding 'rot13'"),
+    (b"\x80\x02c__builtin__\nbytes\nJ\x00\x00\x00\x40\x85R.", "non-sequence"),
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\ncbuiltins\nlist\n" b"K\x00\x85C\x01b\x87R.",
+     "`builtins.list`"),
+    (b"\x80\x02cnumpy.core.multiarray\n_reconstruct\nccollections\nOrderedDict\n"
+     b"K\x00\x85C\x01b\x87R.", "array of type"),
+])
+def test_allowed_globals_refuse_unusual_arguments(tmp_path, data, reason):
+    path = tmp_path / "odd.pdparams"
+    path.write_bytes(data)
+    with pytest.raises(UserError, match=reason.replace("(", r"\(")):
+        read_pdparams(path)
+
+
 def test_truncated_empty_and_garbage_files(tmp_path, rng):
     good = paddle_save(lab_lenet_arrays(rng), tmp_path / "good.pdparams").read_bytes()
     cases = {"truncated": good[: len(good) // 2], "empty": b"", "garbage": b"hello, not a pickle\n"}
