@@ -16,7 +16,6 @@ run replays that epoch's order and skips the batches already trained on.
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
@@ -144,11 +143,6 @@ def check_finite_weights(model: torch.nn.Module, step: int | None = None) -> Non
                 f"the weights became non-finite{at} ({name} holds NaN/inf); training stopped and "
                 "they were not saved; try a lower --lr"
             )
-
-
-def is_better(score, best) -> bool:
-    """The best-model rule: a finite score strictly above the best so far (NaN never wins)."""
-    return score is not None and math.isfinite(score) and (best is None or score > best)
 
 
 def train_guarded(runner, guard: TrainGuard, *args, **kwargs):
