@@ -24,6 +24,7 @@ import json
 import math
 import os
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -70,6 +71,8 @@ class Runner:
         self.model_spec = dict(model_spec or {"name": type(model).__name__, "kwargs": {}})
         self.config = dict(config or {})
         self._bar = None
+        self.timings = {"eval_s": 0.0, "save_s": 0.0}  # wall time spent evaluating / saving
+        self.guard = None  # optional cnnlab.train.guard.TrainGuard: last.pt, signals, NaN losses
         self.reset_state()
 
     # ------------------------------------------------------------------ state
@@ -179,6 +182,8 @@ class Runner:
             while self.epoch < num_epochs:
                 # Steps of this epoch already done (non-zero only when resuming mid-epoch; the
                 # loader must then replay that epoch's order).
+                if self.guard is not None:
+                    self.guard.epoch_start(self, train_loader)
                 skip = self.global_step - self.epoch * steps_per_epoch
                 for i, (x, y) in enumerate(train_loader):
                     if i < skip:
@@ -187,7 +192,11 @@ class Runner:
                     step = self.global_step - 1
                     if eval_steps and step > 0 and (step % eval_steps == 0 or step == total_steps - 1):
                         self._evaluate_and_save(dev_loader, step, save_path)
+                    if self.guard is not None:
+                        self.guard.after_step(self)  # a signal: save last.pt and stop
                 self._end_epoch()
+                if self.guard is not None:
+                    self.guard.epoch_end(self)
         self._print("[Train] Training done!")
         return self.history()
 
@@ -196,6 +205,9 @@ class Runner:
         y = y.to(self.device, non_blocking=True)
         step = self.global_step
         loss = self.loss_fn(self.model(x), y)
+        if self.guard is not None and not self.guard.loss_ok(self, loss, step):
+            self.global_step += 1  # a non-finite loss, skipped on request: no update
+            return
         # Losses stay tensors until a log/eval/epoch end needs them: no sync on every step.
         self._pending.append((step, loss.detach(), y.shape[0]))
         if self._log_steps and step % self._log_steps == 0:
@@ -210,16 +222,24 @@ class Runner:
             self._bar[0].update(self._bar[1], advance=1)
 
     def _evaluate_and_save(self, dev_loader, step, save_path):
+        t0 = time.perf_counter()
         score, loss = self.evaluate(dev_loader, global_step=step)
+        t1 = time.perf_counter()
+        self.timings["eval_s"] += t1 - t0
         self._print(f"[Evaluate] dev score: {score:.5f}, dev loss: {loss:.5f}")
         if score > self.best_score:  # False for NaN: a NaN score is never best
             old = self.best_score
             self.best_score, self.best_step = score, step
             if save_path:
+                if self.guard is not None:
+                    self.guard.before_save(self)  # never save NaN/inf weights
                 self.save_model(save_path)
+                self.timings["save_s"] += time.perf_counter() - t1
             self._print(f"[Evaluate] best accuracy performence has been updated: "
                         f"{max(old, 0.0):.5f} --> {score:.5f}")
         self.model.train()
+        if self.guard is not None:
+            self.guard.after_eval(self, step)  # resumable last.pt
 
     def _end_epoch(self):
         self._flush()
