@@ -165,7 +165,7 @@ def reproduce(options: ReproduceOptions) -> dict:
         dt = time.perf_counter() - t
         timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
                         "peak_rss_bytes": peak_rss()["self_bytes"]})
-        ctx.say(f"  [dim]{dt:.1f} s[/]")
+        ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
     total = time.perf_counter() - started
     results = {
         "format": "cnnlab.reproduce", "version": 1,
@@ -179,8 +179,34 @@ def reproduce(options: ReproduceOptions) -> dict:
     }
     results["budget"] = trainings.budget(results)
     _write_outputs(ctx, results)
+    if not options.quiet:
+        ctx.console.print(_summary_table(results))
     ctx.say(f"[bold]report[/]: {options.out / 'report.md'}  ({total:.1f} s)")
     return results
+
+
+def _summary_table(results):
+    """The headline figures for the terminal: ours beside the lab's and the original code's."""
+    from rich.table import Table
+
+    t = Table(title="cnnlab reproduce", show_lines=False)
+    for col in ("", "cnnlab", "lab", "original code", "bar"):
+        t.add_column(col, justify="left" if not col else "right")
+    for name in lab.TRAINING_ORDER:
+        ph = results["phases"].get(f"train:{name}") or {}
+        if "runs" not in ph:
+            t.add_row(f"{name} test acc", "failed", "", "", "")
+            continue
+        spec, acc = lab.TRAININGS[name], ph["runs"][0]["test_acc"]
+        t.add_row(f"{name} test acc", f"{acc:.4f}", f"{spec['lab']['test_acc']:.4f}",
+                  f"{spec['original']['test_acc']:.3f}",
+                  f"≥ {spec['bar']:.2f} {'met' if ph['bar_met'] else 'MISSED'}")
+    b = results["budget"]
+    t.add_row("wall time", f"{b['total_wall_s']:.1f} s", "", f"{lab.ORIGINAL_TOTAL_S:.0f} s",
+              f"≤ {lab.TARGET_TOTAL_S:.0f} s {'met' if b['time_met'] else 'MISSED'}")
+    t.add_row("peak RSS", f"{b['peak_rss_gb']:.2f} GB", "", f"{lab.ORIGINAL_PEAK_RSS_GB} GB",
+              f"≤ {lab.TARGET_RSS_GB} GB {'met' if b['rss_met'] else 'MISSED'}")
+    return t
 
 
 def _process_wall_s():

@@ -177,16 +177,15 @@ def render_torchvision(p, results) -> str:
         "The lab loaded paddle.vision's `resnet18` weights into its own ResNet18 and printed "
         f"`max(diff)` = `{lab.TORCHVISION_CHECK['lab_printed']}`. That check could not fail:", "",
         reasons, "",
-        "Done right here: torchvision's `resnet18` with random weights and random, non-default BN "
-        "running statistics and affine parameters, loaded **strictly** into ours (built with "
-        "`stem_bias=False, in_channels=3, num_classes=1000`) and back; both in **eval** mode; a "
-        f"batch {_shape(good['input'])}; the largest **absolute** difference:", "",
+        "Done right here (the same check as `cnnlab check`): torchvision's `resnet18` with random "
+        "weights and random, non-default BN running statistics and affine parameters, loaded "
+        "**strictly** into ours (built with `stem_bias=False, in_channels=3, num_classes=1000`) "
+        f"and back; both in **eval** mode; {good['dtype']}; a batch {_shape(good['input'])}; the "
+        "largest **absolute** difference of the logits:", "",
         table(["check", "max abs diff", "tolerance", "result"], [
-            ["torchvision → ours", _sci(good["max_abs_diff"]), _sci(good["tolerance"]),
-             "pass" if good["passed"] else "**FAIL**"],
-            ["ours → torchvision", _sci(good["max_abs_diff_reverse"]), _sci(good["tolerance"]),
-             "pass" if good["passed"] else "**FAIL**"]]), "",
-        f"(The logits are of size up to {good['logit_scale']:.1f}.)", "",
+            [c["name"], _sci(c["max_abs_diff"]), _sci(c["tolerance"]),
+             "pass" if c["passed"] else "**FAIL**" + (f" ({c['error']})" if c.get("error") else "")]
+            for c in good["checks"]]), "",
         "The lab's procedure, applied to a model that shares **only the final linear layer** with "
         "torchvision's (every convolution different):", "",
         table(["", "value"], [
