@@ -159,11 +159,10 @@ class Runner:
 
     def load_model(self, path):
         """Load the weights of a checkpoint written by `save_model` into this Runner's model."""
+        from cnnlab.train.loading import load_state_strict  # one-line missing/unexpected/shape report
+
         payload = ckpt.load_checkpoint(path, map_location=self.device)
-        try:
-            self.model.load_state_dict(payload["state_dict"])
-        except RuntimeError as err:
-            raise UserError(f"checkpoint {path} does not fit this model: {err}") from err
+        load_state_strict(self.model, payload.get("state_dict"), source=f"checkpoint {path}")
         return payload
 
     # ---------------------------------------------------------------- training
