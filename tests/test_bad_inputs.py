@@ -136,11 +136,15 @@ def test_images_the_model_cannot_take(tmp_path):
     from cnnlab.train.config import TrainConfig
     from cnnlab.train.run import train_run
 
+    class Part:
+        def __init__(self, shape, labels):
+            self.images, self.labels = torch.zeros(len(labels), *shape), torch.tensor(labels)
+
+        def __len__(self):
+            return len(self.labels)
+
     def data(shape, labels=(0, 1)):
-        part = types.SimpleNamespace(images=torch.zeros(len(labels), *shape),
-                                     labels=torch.tensor(labels), __len__=None)
-        part = type("Part", (), {"images": part.images, "labels": part.labels,
-                                 "__len__": lambda self: len(labels)})()
+        part = Part(shape, labels)
         return types.SimpleNamespace(train=part, dev=part, test=part)
 
     out = tmp_path / "run"

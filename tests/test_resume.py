@@ -12,7 +12,6 @@ import io
 import json
 import shlex
 import signal
-import time
 
 import pytest
 import torch
