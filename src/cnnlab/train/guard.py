@@ -185,5 +185,8 @@ def safe_train(runner, cfg, out, data, train_loader, dev_loader, resume: dict | 
     guard = TrainGuard(out / "last.pt", skip_nonfinite=getattr(cfg, "skip_nonfinite", False))
     if resume is not None:
         restore_run(runner, resume, train_loader, guard, best_path=save_path)
+        if not getattr(cfg, "quiet", False):
+            print(f"[Train] resuming at step {runner.global_step} (epoch {runner.epoch + 1}, "
+                  f"batch {int(resume.get('epoch_step', 0)) + 1}) of {out}", flush=True)
     return train_guarded(runner, guard, train_loader, dev_loader, num_epochs=cfg.epochs,
                          log_steps=cfg.log_steps, eval_steps=cfg.eval_steps, save_path=save_path)
