@@ -10,9 +10,14 @@ from cnnlab.ops.selfcheck import run_op_checks
 
 # (B, D, P, M, N, U, V, stride, padding, algo)
 CONV = [
-    (2, 2, 3, 6, 5, 3, 2, (1, 1), (1, 0), "im2col"),
+    (2, 2, 3, 6, 5, 3, 2, (1, 1), (1, 0), "im2col"),       # stride 1: flipped-kernel dx
+    (2, 3, 2, 6, 5, 3, 2, (1, 1), (1, 0), "unfold"),
+    (2, 2, 5, 6, 5, 3, 2, (1, 1), (1, 0), "im2col"),       # P > 2D: col2im dx
+    (2, 2, 5, 6, 5, 3, 2, (1, 1), (1, 0), "unfold"),
     (1, 2, 2, 7, 7, 3, 3, (2, 2), (1, 1), "im2col"),
+    (1, 2, 2, 7, 7, 3, 3, (2, 2), (1, 1), "unfold"),
     (2, 2, 2, 7, 6, 2, 2, (3, 2), (0, 1), "im2col"),       # stride > kernel
+    (2, 2, 2, 7, 6, 2, 2, (3, 2), (0, 1), "unfold"),
     (2, 3, 2, 5, 5, 1, 1, (2, 2), (1, 1), "pointwise"),
     (2, 2, 3, 4, 3, 4, 3, (1, 1), (0, 0), "matmul"),
     (2, 3, 2, 1, 1, 3, 3, (1, 1), (1, 1), "matmul"),       # cropped to the centre tap
@@ -46,5 +51,6 @@ def test_quick_selfcheck_passes_and_has_the_documented_keys():
     failed = [c for c in checks if not c["passed"]]
     assert not failed, failed
     names = " ".join(c["name"] for c in checks)
-    for part in ("fast/im2col", "fast/matmul", "reference", "pool2d fast max", "pool2d fast avg"):
+    for part in ("fast/im2col", "fast/unfold", "fast/matmul", "fast/pointwise", "reference",
+                 "pool2d fast max", "pool2d fast avg"):
         assert part in names

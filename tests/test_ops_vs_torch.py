@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import fast_conv
+from cnnlab.ops import _conv_common, fast_conv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -75,16 +75,34 @@ def _pair(v):
 
 
 def _algorithms(case):
+    """Every algorithm that computes this case (the selector picks one of them)."""
     b, d, p, m, n, u, v, s, pad = case
     geo = fast_conv.geometry((b, d, m, n), (p, d, u, v), _pair(s), _pair(pad))
-    return sorted({fast_conv.choose_algorithm((b, d, m, n), (p, d, u, v), geo), "im2col"})
+    return [a for a in fast_conv.ALGORITHMS if fast_conv.applies(a, (b, d, m, n), geo)]
 
 
 ALGO_CASES = [(case, algo) for case in SWEEP for algo in _algorithms(case)]
 
 
 def test_every_algorithm_is_selected_somewhere():
-    assert {algo for _, algo in ALGO_CASES} == set(fast_conv.ALGORITHMS)
+    picked = set()
+    for b, d, p, m, n, u, v, s, pad in SWEEP + [(2, 3, 4, 12, 12, 3, 3, 1, 1)]:
+        geo = fast_conv.geometry((b, d, m, n), (p, d, u, v), _pair(s), _pair(pad))
+        for last in (False, True):
+            picked.add(fast_conv.choose_algorithm((b, d, m, n), (p, d, u, v), geo, last))
+    assert picked == set(fast_conv.ALGORITHMS)
+
+
+def test_selector_choices():
+    def pick(x_shape, w_shape, s, pad, last=False):
+        geo = fast_conv.geometry(x_shape, w_shape, (s, s), (pad, pad))
+        return fast_conv.choose_algorithm(x_shape, w_shape, geo, last)
+    assert pick((64, 16, 5, 5), (120, 16, 5, 5), 1, 0) == "matmul"         # LeNet conv5
+    assert pick((64, 512, 1, 1), (512, 512, 3, 3), 1, 1) == "matmul"       # cropped to 1x1
+    assert pick((64, 1, 32, 32), (6, 1, 5, 5), 1, 0) == "unfold"           # wide map, NCHW
+    assert pick((64, 1, 32, 32), (6, 1, 5, 5), 1, 0, last=True) == "im2col"
+    assert pick((64, 128, 4, 4), (128, 128, 3, 3), 1, 1) == "im2col"       # small map
+    assert pick((64, 128, 4, 4), (256, 128, 1, 1), 2, 0) == "pointwise"
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -134,10 +152,11 @@ def test_fast_conv_float32_model_shape():
 def test_fast_conv_chunked_batch(monkeypatch, k, s, pad):
     # A tiny chunk budget forces one image per chunk: chunk edges must not change the result,
     # and the reused zero-bordered buffers must not leak one image into the next.
-    monkeypatch.setattr(fast_conv, "CPU_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_conv_common, "CPU_CHUNK_BYTES", 1)
     x, w, bb = conv_inputs(3, 2, 3, 6, 6, k, k)
-    helper_test_op(lambda x, w, bb: ops.conv2d(x, w, bb, s, pad),
-                   lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+    for algo in ("unfold", "im2col"):
+        helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, (s, s), (pad, pad), algo=algo),
+                       lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
 
 
 def test_only_needed_gradients_are_computed():

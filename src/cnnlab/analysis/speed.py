@@ -170,7 +170,7 @@ def pool_step(shape: PoolShape, impl: str, batch: int, device, dtype=torch.float
 def algorithm(shape: ConvShape, batch: int) -> str:
     xs, ws = (batch, shape.d, shape.h, shape.h), (shape.p, shape.d, shape.k, shape.k)
     geo = fast_conv.geometry(xs, ws, (shape.s, shape.s), (shape.pad, shape.pad))
-    return fast_conv.choose_algorithm(xs, ws, geo)
+    return fast_conv.choose_algorithm(xs, ws, geo, x_channels_last=False)
 
 
 def summarize(rows) -> dict:

@@ -1,0 +1,112 @@
+"""Shared pieces of the fast convolution: geometry (with kernel cropping) and buffer helpers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+# Bytes of im2col columns per batch chunk on CPU. The chunk's buffers are allocated once per call
+# and reused, so they stay in cache and are never page-faulted in again; the batch is cut at image
+# boundaries. Large enough that each matrix product still has thousands of rows.
+CPU_CHUNK_BYTES = 8 << 20
+# On a GPU there is no small cache to stay in and each extra launch costs: one chunk unless huge.
+GPU_CHUNK_BYTES = 1 << 30
+
+
+@dataclass(frozen=True)
+class Geometry:
+    """Where the (cropped) kernel reads: pads per side (negative = crop) and the kernel taps used.
+
+    Taps that only ever meet zero padding are cut off (u0..u1, v0..v1): a 3x3 kernel on a 1x1
+    input with padding 1 is really a 1x1 kernel, and computing it as such skips 8/9 of the work.
+    """
+
+    pads: tuple[int, int, int, int]   # top, bottom, left, right (negative values crop x)
+    taps: tuple[int, int, int, int]   # u0, u1, v0, v1 (inclusive)
+    stride: tuple[int, int]
+    out: tuple[int, int]              # M', N'
+
+    @property
+    def kernel(self) -> tuple[int, int]:
+        u0, u1, v0, v1 = self.taps
+        return u1 - u0 + 1, v1 - v0 + 1
+
+    def padded(self, m, n) -> tuple[int, int]:
+        top, bottom, left, right = self.pads
+        return m + top + bottom, n + left + right
+
+    def transposed_pads(self, m, n) -> tuple[int, int, int, int]:
+        """Stride 1: pads of dY so that dx = dY (*) flipped kernel has exactly x's size M x N."""
+        (ku, kv), (mo, no), (top, _, left, _) = self.kernel, self.out, self.pads
+        return (ku - 1 - top, m - mo + top, kv - 1 - left, n - no + left)
+
+
+def _alive_taps(m, u, p, s, mo):
+    """Range of kernel taps along one dim that read at least one real (non-padding) row."""
+    alive = [t for t in range(u) if any(0 <= s * i + t - p < m for i in range(mo))]
+    if not alive:         # every window reads padding only: keep the kernel, output is the bias
+        return 0, u - 1
+    return alive[0], alive[-1]
+
+
+def geometry(x_shape, w_shape, stride, padding) -> Geometry:
+    (m, n), (u, v), (sh, sw), (ph, pw) = x_shape[-2:], w_shape[-2:], stride, padding
+    mo, no = (m + 2 * ph - u) // sh + 1, (n + 2 * pw - v) // sw + 1
+    u0, u1 = _alive_taps(m, u, ph, sh, mo)
+    v0, v1 = _alive_taps(n, v, pw, sw, no)
+    # After cropping, rows -top .. S*(M'-1)+u1-p are read; anything outside is padding or unused.
+    top, left = ph - u0, pw - v0
+    bottom = sh * (mo - 1) + u1 - ph - (m - 1)
+    right = sw * (no - 1) + v1 - pw - (n - 1)
+    return Geometry((top, bottom, left, right), (u0, u1, v0, v1), (sh, sw), (mo, no))
+
+
+def cropped(weight, geo):
+    u0, u1, v0, v1 = geo.taps
+    return weight[:, :, u0:u1 + 1, v0:v1 + 1]
+
+
+def uncropped(gwk, weight, geo):
+    """Gradient of the full kernel from the cropped kernel's: zero at the dropped taps."""
+    if gwk.shape == weight.shape:
+        return gwk
+    gw = torch.zeros_like(weight)
+    u0, u1, v0, v1 = geo.taps
+    gw[:, :, u0:u1 + 1, v0:v1 + 1] = gwk
+    return gw
+
+
+def place(buf, src, pads):
+    """Copy src [n,C,H,W] (any strides) into zero-bordered buf [n,C,H+top+bottom,W+left+right].
+
+    Negative pads crop src instead. The border of buf is never written, so it stays zero when
+    buf is reused for the next chunk.
+    """
+    top, bottom, left, right = pads
+    h, w = src.shape[2:]
+    src = src[:, :, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)]
+    buf[:, :, max(0, top):max(0, top) + src.shape[2],
+        max(0, left):max(0, left) + src.shape[3]] = src
+
+
+def unplace(out, src, pads):
+    """The adjoint of `place`: the gradient of src from the gradient of the padded buffer."""
+    top, bottom, left, right = pads
+    h, w = out.shape[2:]
+    if min(pads) < 0:                # cropped-off rows/columns were never read: zero gradient
+        out.zero_()
+    out[:, :, max(0, -top):h - max(0, -bottom), max(0, -left):w - max(0, -right)] = \
+        src[:, :, max(0, top):src.shape[2] - max(0, bottom),
+            max(0, left):src.shape[3] - max(0, right)]
+
+
+def chunk_size(batch, bytes_per_image, device):
+    """Images per chunk, so that one chunk's column buffer stays under the budget."""
+    budget = GPU_CHUNK_BYTES if device.type == "cuda" else CPU_CHUNK_BYTES
+    return max(1, min(batch, budget // max(1, bytes_per_image)))
+
+
+def channels_last(t):
+    """True when t is laid out channels-last (and not also plain contiguous)."""
+    return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
