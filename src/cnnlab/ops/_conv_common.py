@@ -67,13 +67,30 @@ def cropped(weight, geo):
     return weight[:, :, u0:u1 + 1, v0:v1 + 1]
 
 
+def matrix(t, rows):
+    """t as a contiguous [rows, -1] matrix. A cropped kernel reshapes to a *view* whose columns
+    are U*V apart, which BLAS cannot use directly (torch then multiplies ~10x slower)."""
+    return t.reshape(rows, -1).contiguous()
+
+
 def uncropped(gwk, weight, geo):
-    """Gradient of the full kernel from the cropped kernel's: zero at the dropped taps."""
-    if gwk.shape == weight.shape:
+    """Gradient of the full kernel [P,D,U,V] (contiguous, like the weight) from the cropped
+    kernel's gradient gwk [P,D,U',V'] (any layout): zero at the dropped taps.
+
+    Written one tap at a time: each copy then runs along D. A one-pass copy or pad into a
+    contiguous [P,D,3,3] would run along the 3 taps of a kernel row and take ~10x longer
+    (10 ms for ResNet's 512x256x3x3), and handing back a channels-last gradient only moves that
+    copy into autograd (it makes .grad match the weight's layout).
+    """
+    if gwk.shape == weight.shape and gwk.is_contiguous():
         return gwk
-    gw = torch.zeros_like(weight)
+    cropped_off = gwk.shape != weight.shape
+    gw = (torch.zeros_like if cropped_off else torch.empty_like)(
+        weight, memory_format=torch.contiguous_format)     # a contiguous fill is one memset
     u0, u1, v0, v1 = geo.taps
-    gw[:, :, u0:u1 + 1, v0:v1 + 1] = gwk
+    for u in range(u0, u1 + 1):
+        for v in range(v0, v1 + 1):
+            gw[:, :, u, v] = gwk[:, :, u - u0, v - v0]
     return gw
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import channels_last, chunk_size, cropped, place, uncropped, unplace
+from ._conv_common import channels_last, chunk_size, cropped, matrix, place, uncropped, unplace
 
 
 def _nhwc(t):
@@ -79,7 +79,7 @@ def forward(x, weight, bias, geo):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     b, k = x.shape[0], ku * kv * d
-    wm = wk.permute(0, 2, 3, 1).reshape(p, k)                   # [P, K], K in (u,v,d) order
+    wm = matrix(wk.permute(0, 2, 3, 1), p)                   # [P, K], K in (u,v,d) order
     chunk = chunk_size(b, mo * no * k * x.element_size(), x.device)
     read = _reader(x, chunk, geo.pads)
     cols = x.new_empty(chunk * mo * no * k)
@@ -99,7 +99,7 @@ def backward(x, weight, gy, geo, need_x, need_w):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     (b, _, m, n_), k = x.shape, ku * kv * d
-    wm = wk.permute(0, 2, 3, 1).reshape(p, k)
+    wm = matrix(wk.permute(0, 2, 3, 1), p)
     one_by_one = geo.kernel == (1, 1) and geo.stride == (1, 1) and not any(geo.pads)
     transposed = need_x and geo.stride == (1, 1) and p <= 2 * d and not one_by_one
     per_image = mo * no * k if not transposed else max(mo * no * k, m * n_ * ku * kv * p)
@@ -113,7 +113,7 @@ def backward(x, weight, gy, geo, need_x, need_w):
     if transposed:
         # dx[m] = sum_u dY[m + top - u] w[u]: dY padded so the flipped kernel reads it validly.
         read_gp = _reader(gy, chunk, geo.transposed_pads(m, n_))
-        wf = wk.flip(2, 3).permute(1, 2, 3, 0).reshape(d, ku * kv * p)   # [D, (u,v,p)]
+        wf = matrix(wk.flip(2, 3).permute(1, 2, 3, 0), d)   # [D, (u,v,p)]
     elif need_x and not one_by_one:
         mp, np_ = geo.padded(m, n_)
         gxp = x.new_empty((chunk, mp, np_, d)).permute(0, 3, 1, 2)

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import channels_last, chunk_size, cropped, place, uncropped, unplace
+from ._conv_common import channels_last, chunk_size, cropped, matrix, place, uncropped, unplace
 
 
 def _format(x):
@@ -51,7 +51,7 @@ def forward(x, weight, bias, geo):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     b, k, L = x.shape[0], d * ku * kv, mo * no
-    wm = wk.reshape(p, k)                                        # [P, K], K in (d,u,v) order
+    wm = matrix(wk, p)                                        # [P, K], K in (d,u,v) order
     chunk = chunk_size(b, L * k * x.element_size(), x.device)
     read = _reader(x, chunk, geo.pads)
     cols, ybuf = x.new_empty(chunk * L * k), x.new_empty(chunk * L * p)
@@ -72,7 +72,7 @@ def backward(x, weight, gy, geo, need_x, need_w):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     (b, _, m, n_), k, L = x.shape, d * ku * kv, mo * no
-    wm = wk.reshape(p, k)
+    wm = matrix(wk, p)
     transposed = need_x and geo.stride == (1, 1) and p <= 2 * d
     per_image = L * k if not transposed else max(L * k, m * n_ * ku * kv * p)
     chunk = chunk_size(b, per_image * x.element_size(), x.device)
@@ -85,7 +85,7 @@ def backward(x, weight, gy, geo, need_x, need_w):
         # dx[m] = sum_u dY[m + top - u] w[u]: dY padded so the flipped kernel reads it validly.
         gpads = geo.transposed_pads(m, n_)
         read_g = _reader(gy, chunk, gpads)
-        wf = wk.flip(2, 3).transpose(0, 1).reshape(d, p * ku * kv)   # [D, (p,u,v)]
+        wf = matrix(wk.flip(2, 3).transpose(0, 1), d)   # [D, (p,u,v)]
         xbuf = x.new_empty(chunk * m * n_ * d)
     elif need_x:
         mp, np_ = geo.padded(m, n_)

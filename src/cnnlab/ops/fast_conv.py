@@ -40,17 +40,18 @@ ALGORITHMS = ("matmul", "unfold", "im2col", "pointwise")
 _IMPL = {"matmul": _conv_matmul, "unfold": _conv_unfold, "im2col": _conv_rows,
          "pointwise": _conv_rows}
 
-# Output feature maps with at least this many pixels use the NCHW "unfold" columns for NCHW
-# inputs: their column rows are copies of runs of >= 8 pixels, and the output needs only one
-# cheap transpose. Smaller maps (ResNet's 4x4, 2x2) have long channel runs instead: "im2col".
-UNFOLD_MIN_PIXELS = 64
+# For NCHW inputs, "unfold" copies runs of N' output pixels, "im2col" runs of D channels plus
+# NCHW <-> NHWC transposes of x, y, dY and dx. Measured (1 thread, batch 64, every model shape)
+# the crossover is near D = 4 N': unfold wins for LeNet (D <= 16) and the stems by 2-3x, im2col
+# for ResNet's 8x8 and smaller maps with 64+ channels.
+UNFOLD_CHANNELS_PER_PIXEL = 4
 
 
 def choose_algorithm(x_shape, w_shape, geo: Geometry, x_channels_last: bool = False) -> str:
     """Pick the cheapest exact algorithm for this geometry (see the module docstring)."""
     if geo.kernel == geo.padded(*x_shape[-2:]):
         return "matmul"
-    if not x_channels_last and geo.out[0] * geo.out[1] >= UNFOLD_MIN_PIXELS:
+    if not x_channels_last and w_shape[1] <= UNFOLD_CHANNELS_PER_PIXEL * geo.out[1]:
         return "unfold"
     if geo.kernel == (1, 1):
         return "pointwise"
