@@ -43,6 +43,10 @@ def register(sub):
     p.add_argument("--conv-impl", choices=("fast", "reference", "native"), default=None,
                    help="operator implementation of the model's conv/pool layers "
                         "(default: the model's own, 'fast' for lenet)")
+    p.add_argument("--weight-init", choices=("lab", "torch"), default="lab",
+                   help="initial weights: lab = as Paddle initialises the lab's layers (Xavier for "
+                        "LeNet; fan-in normal convs, Xavier linears for the others), torch = "
+                        "PyTorch's defaults (default lab)")
     p.add_argument("--init", metavar="CKPT_OR_PDPARAMS", default=None,
                    help="start from these weights: a cnnlab checkpoint or the lab's Paddle "
                         ".pdparams file (loaded strictly; optimizer and step start afresh)")
@@ -77,6 +81,7 @@ def config_from_args(args) -> TrainConfig:
                        weight_decay=args.weight_decay, seed=args.seed, log_steps=args.log_steps,
                        eval_steps=args.eval_steps, device=args.device, out=args.out,
                        quiet=args.quiet, model_kwargs=kwargs, init=init,
+                       weight_init=getattr(args, "weight_init", "lab"),
                        init_layout=None if layout == "auto" else layout)
 
 

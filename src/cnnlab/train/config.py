@@ -2,8 +2,9 @@
 
 The lab (seed text §5.3.3, §5.4.2-5.4.3; reference.md): SGD without momentum, batch 64, 5 epochs,
 log and evaluate every 15 steps, seed 100; learning rate 0.1 for LeNet, 0.005 for ResNet18
-without residual connections, 0.01 with them. Part 2 of the lab (CIFAR-10) trains its ResNet18
-with Adam, lr 0.001, weight decay 0.005: those are `resnet18-cifar`'s defaults.
+without residual connections, 0.01 with them; weights initialised as Paddle initialises the
+lab's layers (`weight_init="lab"`, see cnnlab.train.init). Part 2 of the lab (CIFAR-10) trains
+its ResNet18 with Adam, lr 0.001, weight decay 0.005: those are `resnet18-cifar`'s defaults.
 """
 
 from __future__ import annotations
@@ -54,6 +55,7 @@ class TrainConfig:
     skip_nonfinite: bool = False  # skip a step whose loss is NaN/inf instead of stopping (exit 3)
     init: str | None = None         # start from these weights: a cnnlab checkpoint or a .pdparams
     init_layout: str | None = None  # Paddle layout of a .pdparams `init` (None: detect it)
+    weight_init: str = "lab"        # "lab": Paddle's default initialisation (train/init.py); "torch"
 
     def resolved(self) -> "TrainConfig":
         """A copy with every `None` replaced by the lab's default for `model`, validated."""
@@ -82,6 +84,7 @@ class TrainConfig:
             (isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "an integer >= 0"),
             (self.split in ("lab", "full"), "split", "lab or full"),
             (self.loader in LOADERS, "loader", " or ".join(LOADERS)),
+            (self.weight_init in ("lab", "torch"), "weight_init", "lab or torch"),
             (isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "an integer >= 0"),
         ]
         for ok, name, expected in checks:

@@ -26,6 +26,7 @@ from cnnlab.errors import UserError
 from cnnlab.runinfo import write_run_json
 from cnnlab.train import rng
 from cnnlab.train.config import TrainConfig
+from cnnlab.train.init import lab_init_
 from cnnlab.train.guard import safe_train
 from cnnlab.train.metric import Accuracy
 from cnnlab.train.plots import plot_training_loss_acc
@@ -68,6 +69,8 @@ def build_run(cfg: TrainConfig, data=None):
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     in_channels = data.train.images.shape[1]
     model = build_model(cfg.model, in_channels=in_channels, num_classes=10, **cfg.model_kwargs)
+    if cfg.weight_init == "lab":
+        lab_init_(model, cfg.model)
     optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, generator=generator,
