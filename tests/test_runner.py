@@ -234,11 +234,11 @@ def test_lab_init_is_paddles_default_initialisation():
     bound = math.sqrt(6 / (16 * 25 + 120 * 25))
     assert w.abs().max() <= bound and w.abs().max() > 0.95 * bound
     assert w.std().item() == pytest.approx(bound / math.sqrt(3), rel=0.05)
-    assert all(float(m.bias.abs().max()) == 0 for m in (lenet.conv1, lenet.conv5, lenet.linear6))
+    assert all(float(m.bias.detach().abs().max()) == 0 for m in (lenet.conv1, lenet.conv5, lenet.linear6))
     resnet = lab_init_(build_model("resnet18"), "resnet18")
     w = resnet.layer1[0].conv1.weight            # [64,64,3,3]: Normal(0, sqrt(2 / (9*64)))
     assert w.std().item() == pytest.approx(math.sqrt(2 / (9 * 64)), rel=0.03)
-    assert float(resnet.conv1.bias.abs().max()) == 0
-    assert float(resnet.fc.bias.abs().max()) == 0
+    assert float(resnet.conv1.bias.detach().abs().max()) == 0
+    assert float(resnet.fc.bias.detach().abs().max()) == 0
     fc_bound = math.sqrt(6 / (512 + 10))
     assert resnet.fc.weight.abs().max() <= fc_bound
