@@ -5,10 +5,14 @@
          divides, padding included)
 
 Backward (derived from the two formulas):
-    max: the gradient of each output goes to the one input that won its window (the first one
-         on ties, as torch does);  avg: each input of a window gets dY / (U*V).
+    max: dx at the one input that won each window (the first one on ties, as torch) gets dY;
+    avg: every input of a window gets dY / (U*V).
 
-Never calls torch's pooling kernels: pad, as_strided window views, elementwise max/add, sums.
+Never calls torch's pooling kernels: pad, as_strided views, one copy, reductions, comparisons.
+The windows are copied tap-major, taps[t] = x[.., S*i+u, S*j+v] for t = (u,v), so that the copy
+runs along a row of outputs and the reduction over the U*V taps is an elementwise max/sum of
+whole planes (vectorised). Reducing over a trailing window axis instead, or along a strided
+view, is 3-25x slower (measured: 64x6x28x28, 2x2/2: copy+amax 0.8 ms vs 5.4 ms on the view).
 """
 
 from __future__ import annotations
@@ -20,79 +24,82 @@ from torch.autograd.function import once_differentiable
 from ._checks import out_size
 
 
-def _taps(xp, kernel, stride, out):
-    """The U*V strided views x[:, :, u::S, v::S] cut to the output size, in (u, v) order."""
-    (ku, kv), (sh, sw), (mo, no) = kernel, stride, out
-    return [xp[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw]
-            for u in range(ku) for v in range(kv)]
-
-
 def _pad(x, padding, value):
     ph, pw = padding
     return x if ph == pw == 0 else F.pad(x, (pw, pw, ph, ph), value=value)
 
 
+def _tap_view(xp, kernel, stride, out):
+    """View [U, V, B, C, M', N'] of the windows of xp, tap-major (no copy)."""
+    sb, sc, sm, sn = xp.stride()
+    return xp.as_strided((*kernel, *xp.shape[:2], *out),
+                         (sm, sn, sb, sc, sm * stride[0], sn * stride[1]))
+
+
+def _taps(x, kernel, stride, padding, value):
+    """The U*V taps of every window as one tensor [U*V, B, C, M', N'] (one copy), and M', N'."""
+    out = (out_size(x.shape[2], kernel[0], padding[0], stride[0]),
+           out_size(x.shape[3], kernel[1], padding[1], stride[1]))
+    view = _tap_view(_pad(x, padding, value), kernel, stride, out)
+    return view.reshape(kernel[0] * kernel[1], *x.shape[:2], *out), out
+
+
+def _scatter_taps(gt, x_shape, kernel, stride, padding, out):
+    """dx from per-tap gradients gt [U*V, B, C, M', N']: the adjoint of `_taps`."""
+    (ph, pw), (ku, kv) = padding, kernel
+    b, c, m, n = x_shape
+    gxp = gt.new_empty((b, c, m + 2 * ph, n + 2 * pw))
+    view = _tap_view(gxp, kernel, stride, out)
+    covered = (stride == kernel and ph == pw == 0 and (m, n) == (out[0] * ku, out[1] * kv))
+    if stride[0] >= ku and stride[1] >= kv:
+        # Windows do not overlap: every input is in at most one window, one copy writes them all.
+        if not covered:
+            gxp.zero_()
+        view.copy_(gt.view(ku, kv, *gt.shape[1:]))
+    else:
+        gxp.zero_()
+        for u in range(ku):            # overlapping windows: one strided add per tap
+            for v in range(kv):
+                view[u, v] += gt[u * kv + v]
+    return gxp[:, :, ph:ph + m, pw:pw + n]
+
+
 class _MaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
-        xp = _pad(x, padding, float("-inf"))
-        out = (out_size(x.shape[2], kernel[0], padding[0], stride[0]),
-               out_size(x.shape[3], kernel[1], padding[1], stride[1]))
-        # Running elementwise maximum over the U*V taps: each pass reads one strided view, so no
-        # [.., U*V] window copy is ever made (for 2x2 that copy would be as large as x).
-        taps = _taps(xp, kernel, stride, out)
-        y = taps[0].clone(memory_format=torch.contiguous_format)
-        for t in taps[1:]:
-            torch.maximum(y, t, out=y)
-        ctx.save_for_backward(x, y)
-        ctx.geo = kernel, stride, padding, out
+        taps, out = _taps(x, kernel, stride, padding, float("-inf"))
+        # max over the taps returns the first maximum's tap on ties (windows of ReLU zeros),
+        # which is where torch's max-pool sends the gradient too.
+        y, tap = taps.max(dim=0)
+        ctx.save_for_backward(tap)
+        ctx.geo = x.shape, kernel, stride, padding, out
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x, y = ctx.saved_tensors
-        kernel, stride, padding, out = ctx.geo
-        xp = _pad(x, padding, float("-inf"))
-        gxp = torch.zeros_like(xp, memory_format=torch.contiguous_format)
-        free = torch.ones_like(y, dtype=torch.bool)    # windows whose winner is not found yet
-        for t, gt in zip(_taps(xp, kernel, stride, out), _taps(gxp, kernel, stride, out)):
-            won = (t == y) & free      # first tap (in u, v order) equal to the max wins ties
-            gt += torch.where(won, gy, 0.0)
-            free &= ~won
-        return _crop(gxp, padding), None, None, None
+        (tap,) = ctx.saved_tensors
+        x_shape, kernel, stride, padding, out = ctx.geo
+        # dY to the winning tap of each window (one scatter into per-tap planes), then back to x.
+        # Measured 4-7x faster than recomputing the winners by comparison (ties need a cumsum).
+        gt = gy.new_zeros((kernel[0] * kernel[1], *gy.shape))
+        gt.scatter_(0, tap[None], gy[None])
+        return _scatter_taps(gt, x_shape, kernel, stride, padding, out), None, None, None
 
 
 class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
-        xp = _pad(x, padding, 0.0)
-        out = (out_size(x.shape[2], kernel[0], padding[0], stride[0]),
-               out_size(x.shape[3], kernel[1], padding[1], stride[1]))
-        taps = _taps(xp, kernel, stride, out)
-        y = taps[0].clone(memory_format=torch.contiguous_format)
-        for t in taps[1:]:
-            y += t
-        y /= kernel[0] * kernel[1]
-        ctx.geo = kernel, stride, padding, out
-        ctx.x_shape = x.shape
-        return y
+        taps, out = _taps(x, kernel, stride, padding, 0.0)
+        ctx.geo = x.shape, kernel, stride, padding, out
+        return taps.sum(dim=0) / (kernel[0] * kernel[1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        kernel, stride, padding, out = ctx.geo
-        b, c, m, n = ctx.x_shape
-        gxp = gy.new_zeros((b, c, m + 2 * padding[0], n + 2 * padding[1]))
-        g = gy / (kernel[0] * kernel[1])
-        for gt in _taps(gxp, kernel, stride, out):
-            gt += g
-        return _crop(gxp, padding), None, None, None
-
-
-def _crop(t, padding):
-    ph, pw = padding
-    return t if ph == pw == 0 else t[:, :, ph:t.shape[2] - ph, pw:t.shape[3] - pw]
+        x_shape, kernel, stride, padding, out = ctx.geo
+        g = (gy / (kernel[0] * kernel[1])).expand(kernel[0] * kernel[1], *gy.shape)
+        return _scatter_taps(g, x_shape, kernel, stride, padding, out), None, None, None
 
 
 def pool2d(x, kernel, stride, padding, mode):
