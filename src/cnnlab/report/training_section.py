@@ -17,9 +17,11 @@ def render(p, results) -> str:
     cfg = first.get("config") or {}
     multi = len(runs) > 1
     seeds = ", ".join(str(r["seed"]) for r in runs)
+    init = {"lab": "the lab's (Paddle's default initialisers)",
+            "torch": "torch's defaults"}.get(cfg.get("weight_init"), cfg.get("weight_init", "–"))
     settings = (f"SGD, lr {p['lr']}, batch {cfg.get('batch_size', 64)}, "
                 f"{cfg.get('epochs', 5)} epochs, log/eval every {cfg.get('eval_steps', 15)} steps, "
-                f"seed{'s' if multi else ''} {seeds}; run directory "
+                f"seed{'s' if multi else ''} {seeds}, initial weights {init}; run directory "
                 + ", ".join(f"`{_rel(r['run_dir'], results)}/`" for r in runs[:3])
                 + (" …" if len(runs) > 3 else ""))
 
@@ -150,10 +152,12 @@ def render_differences(results) -> str:
         "Same sizes and preprocessing, different images: accuracies can be compared in "
         "magnitude, not digit for digit. The original-code figures were measured on *our* "
         "images, so they are the like-for-like comparison.",
-        "**Framework and random streams.** PyTorch instead of PaddlePaddle: seed 100 gives other "
-        "initial weights and another batch order than in the lab, and the layers' default "
-        "initialisers differ (ResNet18 uses torchvision's Kaiming-normal convolutions). With 200 "
-        "test images a single run moves by a few points from seed to seed.",
+        "**Framework and random streams.** PyTorch instead of PaddlePaddle: the weights are "
+        "drawn from the lab's distributions (Paddle's default initialisers: Xavier-uniform for "
+        "LeNet and the linear layers, Kaiming-normal fan-in for ResNet18's convolutions, zero "
+        "biases; torch's own defaults leave LeNet near chance after the lab's 80 steps), but seed "
+        "100 gives other values and another batch order than in the lab. With 200 test images a "
+        "single run moves by a few points from seed to seed.",
         "**Evaluation loss.** Averaged over samples; the lab's RunnerV3 averaged batch means, "
         "over-weighting the short last batch (200 = 3 × 64 + 8).",
         "**Operators.** LeNet is trained on our from-scratch operators (`impl=\"fast\"`: "
