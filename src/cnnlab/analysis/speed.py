@@ -225,6 +225,64 @@ def measure_reference(batch=8, device="cpu") -> dict:
     return summarize(rows)
 
 
+# ------------------------------------------------------------------------------ whole models
+
+# (label, fast model, native model, kwargs of the fast one); same parameter names in each pair.
+MODEL_PAIRS = [
+    ("lenet", "lenet", "lenet-native", {"conv_impl": "fast"}),
+    ("resnet18", "resnet18", "resnet18", {"conv_impl": "fast"}),
+    ("resnet18-cifar", "resnet18-cifar", "resnet18-cifar", {"conv_impl": "fast"}),
+]
+
+
+def train_step(model, batch, device, lr=0.01, seed=0):
+    """A closure doing one SGD training step (forward, cross-entropy, backward, update)."""
+    gen = torch.Generator().manual_seed(seed)
+    x = torch.randn(batch, _in_channels(model), 32, 32, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    model.train()
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        torch.nn.functional.cross_entropy(model(x), y).backward()
+        opt.step()
+    return step
+
+
+def _in_channels(model):
+    """Input channels of a model: those of its first 4-D weight (the first convolution)."""
+    first = next(m for m in model.modules() if hasattr(m, "weight") and m.weight is not None
+                 and m.weight.dim() == 4)
+    return first.weight.shape[1]
+
+
+def measure_models(batch=64, device="cpu", reps=5, quick=False, names=None) -> dict:
+    """Training step of each model on fast operators vs the same model on torch's layers.
+
+    Rows: model, native_ms, fast_ms, ratio (fast / native); same initial weights in both.
+    """
+    from cnnlab.models import build_model
+
+    device = torch.device(device)
+    rows = []
+    for label, fast_name, native_name, kwargs in MODEL_PAIRS:
+        if names and label not in names:
+            continue
+        torch.manual_seed(0)
+        fast = build_model(fast_name, **kwargs).to(device)
+        native = build_model(native_name).to(device)
+        native.load_state_dict(fast.state_dict())
+        t_native, t_fast, ratio = interleaved(train_step(native, batch, device),
+                                              train_step(fast, batch, device), device,
+                                              reps=3 if quick else reps,
+                                              budget_s=5.0 if quick else 30.0)
+        rows.append({"shape": label, "where": f"{fast_name} {kwargs} vs {native_name}",
+                     "native_ms": 1e3 * t_native, "fast_ms": 1e3 * t_fast, "ratio": ratio,
+                     "algorithm": "train step"})
+    return summarize(rows)
+
+
 # ------------------------------------------------------------------------------ memory
 
 def _largest(shapes):
