@@ -19,6 +19,8 @@ CONV = [
     (2, 2, 2, 7, 6, 2, 2, (3, 2), (0, 1), "im2col"),       # stride > kernel
     (2, 2, 2, 7, 6, 2, 2, (3, 2), (0, 1), "unfold"),
     (2, 3, 2, 5, 5, 1, 1, (2, 2), (1, 1), "pointwise"),
+    (2, 2, 3, 6, 5, 3, 2, (1, 1), (1, 0), "shift"),
+    (1, 2, 2, 4, 5, 2, 3, (1, 1), (2, 1), "shift"),        # padding wider than half the kernel
     (2, 2, 3, 4, 3, 4, 3, (1, 1), (0, 0), "matmul"),
     (2, 3, 2, 1, 1, 3, 3, (1, 1), (1, 1), "matmul"),       # cropped to the centre tap
 ]

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import _conv_common, fast_conv
+from cnnlab.ops import _conv_common, _conv_shift, fast_conv
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
@@ -51,6 +51,8 @@ SWEEP = [
     (2, 4, 3, 7, 7, 1, 1, 2, 1),             # 1x1, stride 2, padding
     (2, 4, 3, 5, 5, 5, 5, 1, 0),             # whole-image kernel
     (2, 4, 3, 1, 1, 3, 3, 1, 1),             # 3x3 on 1x1, padding 1
+    (2, 16, 4, 17, 16, 3, 3, 1, 1),          # shift: wide map, 16 channels
+    (1, 16, 3, 16, 18, 2, 3, 1, (0, 2)),     # shift: rectangular kernel, uneven padding
     (2, 4, 3, 2, 2, 3, 3, 2, 1),             # 3x3/2 on 2x2
     (2, 3, 2, 3, 3, 3, 3, 1, 3),             # padding wider than the kernel
     (1, 1, 2, 1, 1, 1, 1, 2, 1),             # every window reads padding only
@@ -86,7 +88,8 @@ ALGO_CASES = [(case, algo) for case in SWEEP for algo in _algorithms(case)]
 
 def test_every_algorithm_is_selected_somewhere():
     picked = set()
-    for b, d, p, m, n, u, v, s, pad in SWEEP + [(2, 3, 4, 12, 12, 3, 3, 1, 1)]:
+    for b, d, p, m, n, u, v, s, pad in SWEEP + [(2, 3, 4, 12, 12, 3, 3, 1, 1),
+                                                (2, 16, 4, 16, 16, 3, 3, 1, 1)]:
         geo = fast_conv.geometry((b, d, m, n), (p, d, u, v), _pair(s), _pair(pad))
         for last in (False, True):
             picked.add(fast_conv.choose_algorithm((b, d, m, n), (p, d, u, v), geo, last))
@@ -103,6 +106,8 @@ def test_selector_choices():
     assert pick((64, 1, 32, 32), (6, 1, 5, 5), 1, 0, last=True) == "im2col"
     assert pick((64, 128, 4, 4), (128, 128, 3, 3), 1, 1) == "im2col"       # small map
     assert pick((64, 128, 4, 4), (256, 128, 1, 1), 2, 0) == "pointwise"
+    assert pick((64, 64, 32, 32), (64, 64, 3, 3), 1, 1) == "shift"         # wide, 64 channels
+    assert pick((64, 64, 32, 32), (128, 64, 3, 3), 2, 1) == "unfold"       # shift needs stride 1
 
 
 @pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "nhwc"])
@@ -153,8 +158,9 @@ def test_fast_conv_chunked_batch(monkeypatch, k, s, pad):
     # A tiny chunk budget forces one image per chunk: chunk edges must not change the result,
     # and the reused zero-bordered buffers must not leak one image into the next.
     monkeypatch.setattr(_conv_common, "CPU_CHUNK_BYTES", 1)
+    monkeypatch.setattr(_conv_shift, "BLOCK_ROWS", 1)
     x, w, bb = conv_inputs(3, 2, 3, 6, 6, k, k)
-    for algo in ("unfold", "im2col"):
+    for algo in ("unfold", "im2col") + (("shift",) if s == 1 else ()):
         helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, (s, s), (pad, pad), algo=algo),
                        lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
 

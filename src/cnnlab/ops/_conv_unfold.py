@@ -1,12 +1,15 @@
-"""Convolution as one matrix product over channel-major columns ("unfold" layout), NCHW in/out.
+"""Convolution as a batch of per-image matrix products over unfolded columns, NCHW in and out.
 
-For a chunk of n images the columns are cols[(d,u,v), (b,i,j)] = x[b, d, S*i+u, S*j+v]: each row
-of cols copies runs of N' neighbouring pixels, which is cheap when the image is wide even with few
-channels (LeNet's conv1 has D = 1, where channels-last rows would be copied one float at a time).
-    Y[P, n*M'*N'] = W[P, K] @ cols[K, n*M'*N']            then one transpose to [n, P, M', N']
-    dW += dY[P, n*M'*N'] @ cols^T
+For a chunk of n images the columns are cols[b, (d,u,v), (i,j)] = x[b, d, S*i+u, S*j+v] (the
+layout of F.unfold): each row of cols copies runs of N' neighbouring pixels, which is cheap when
+the image is wide even with few channels (LeNet's conv1 has D = 1, where channels-last rows would
+be copied one float at a time). Then, per image b (one batched product for the chunk):
+    Y_b[P, M'*N'] = W[P, K] @ cols_b[K, M'*N']      already NCHW: no transpose of y
+    dW = sum_b dY_b @ cols_b^T                       dY is read in place, NCHW
     dx: stride 1 and P <= 2D: dY padded, correlated with the flipped kernel (same columns trick,
-        no scatter); otherwise dcols = W^T @ dY, scattered back tap by tap (col2im).
+        no scatter); otherwise dcols_b = W^T @ dY_b, scattered back tap by tap (col2im).
+Measured against one big [K, n*M'*N'] product (which needs y and dY transposed): 1.3-2.5x
+faster on LeNet's conv1, the two stems and ResNet's 1x1/2 shortcut at 32x32.
 """
 
 from __future__ import annotations
@@ -14,11 +17,6 @@ from __future__ import annotations
 import torch
 
 from ._conv_common import channels_last, chunk_size, cropped, matrix, place, uncropped, unplace
-
-
-def _format(x):
-    """The memory format torch's conv would give the output: x's own."""
-    return torch.channels_last if channels_last(x) else torch.contiguous_format
 
 
 def _reader(t, chunk, pads):
@@ -37,34 +35,43 @@ def _reader(t, chunk, pads):
 
 
 def _columns(xp, kernel, stride, out, buf):
-    """Copy the windows of padded xp [n,D,Mp,Np] into buf as cols [D*U*V, n*M'*N']."""
+    """Copy the windows of padded xp [n,D,Mp,Np] into buf as cols [n, D*U*V, M'*N']."""
     n, d = xp.shape[:2]
     (ku, kv), (sh, sw), (mo, no) = kernel, stride, out
     sn, sd, sm, sx = xp.stride()
-    windows = xp.as_strided((d, ku, kv, n, mo, no), (sd, sm, sx, sn, sm * sh, sx * sw))
-    cols = buf[:d * ku * kv * n * mo * no].view(d * ku * kv, n * mo * no)
-    cols.view(d, ku, kv, n, mo, no).copy_(windows)
+    windows = xp.as_strided((n, d, ku, kv, mo, no), (sn, sd, sm, sx, sm * sh, sx * sw))
+    cols = buf[:n * d * ku * kv * mo * no].view(n, d * ku * kv, mo * no)
+    cols.view(n, d, ku, kv, mo, no).copy_(windows)
     return cols
+
+
+def _nchw(t, like):
+    """An output tensor with t's shape in like's memory format (channels-last stays so)."""
+    fmt = torch.channels_last if channels_last(like) else torch.contiguous_format
+    return torch.empty(t, dtype=like.dtype, device=like.device, memory_format=fmt)
 
 
 def forward(x, weight, bias, geo):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     b, k, L = x.shape[0], d * ku * kv, mo * no
-    wm = matrix(wk, p)                                        # [P, K], K in (d,u,v) order
+    wm = matrix(wk, p)                                           # [P, K], K in (d,u,v) order
     chunk = chunk_size(b, L * k * x.element_size(), x.device)
     read = _reader(x, chunk, geo.pads)
-    cols, ybuf = x.new_empty(chunk * L * k), x.new_empty(chunk * L * p)
-    y = torch.empty((b, p, mo, no), dtype=x.dtype, device=x.device, memory_format=_format(x))
+    cols = x.new_empty(chunk * L * k)
+    y = _nchw((b, p, mo, no), x)
+    direct = y.is_contiguous()
+    ybuf = None if direct else x.new_empty(chunk * p * L)
     for b0 in range(0, b, chunk):
         n = min(b, b0 + chunk) - b0
         c = _columns(read(b0, b0 + n), geo.kernel, geo.stride, geo.out, cols)
-        yk = ybuf[:p * n * L].view(p, n * L)
+        yb = y[b0:b0 + n].view(n, p, L) if direct else ybuf[:n * p * L].view(n, p, L)
         if bias is None:
-            torch.mm(wm, c, out=yk)
+            torch.matmul(wm, c, out=yb)
         else:
-            torch.addmm(bias[:, None], wm, c, out=yk)
-        y[b0:b0 + n] = yk.view(p, n, mo, no).transpose(0, 1)
+            torch.baddbmm(bias.view(1, p, 1), wm.expand(n, p, k), c, out=yb)
+        if not direct:
+            y[b0:b0 + n] = yb.view(n, p, mo, no)
     return y
 
 
@@ -76,44 +83,40 @@ def backward(x, weight, gy, geo, need_x, need_w):
     transposed = need_x and geo.stride == (1, 1) and p <= 2 * d
     per_image = L * k if not transposed else max(L * k, m * n_ * ku * kv * p)
     chunk = chunk_size(b, per_image * x.element_size(), x.device)
-    gbuf, cols = x.new_empty(chunk * L * p), x.new_empty(chunk * per_image)
+    cols = x.new_empty(chunk * per_image)
     gw = x.new_zeros((p, k)) if need_w else None
-    gx = torch.empty_like(x, memory_format=_format(x)) if need_x else None
+    gx = _nchw(x.shape, x) if need_x else None
     if need_w:
         read_x = _reader(x, chunk, geo.pads)
     if transposed:
         # dx[m] = sum_u dY[m + top - u] w[u]: dY padded so the flipped kernel reads it validly.
-        gpads = geo.transposed_pads(m, n_)
-        read_g = _reader(gy, chunk, gpads)
-        wf = matrix(wk.flip(2, 3).transpose(0, 1), d)   # [D, (p,u,v)]
-        xbuf = x.new_empty(chunk * m * n_ * d)
+        read_g = _reader(gy, chunk, geo.transposed_pads(m, n_))
+        wf = matrix(wk.flip(2, 3).transpose(0, 1), d)                # [D, (p,u,v)]
     elif need_x:
         mp, np_ = geo.padded(m, n_)
-        gxp = x.new_empty((d, chunk, mp, np_))
+        gxp = x.new_empty((chunk, d, mp, np_))
     for b0 in range(0, b, chunk):
         n = min(b, b0 + chunk) - b0
-        g = gbuf[:p * n * L].view(p, n * L)                          # dY as [P, n*M'*N']
-        g.view(p, n, L).copy_(gy[b0:b0 + n].reshape(n, p, L).transpose(0, 1))
+        g = gy[b0:b0 + n].reshape(n, p, L)                           # dY_b [P, M'*N'] (a view)
         if need_w:
             c = _columns(read_x(b0, b0 + n), geo.kernel, geo.stride, geo.out, cols)
-            gw.addmm_(g, c.t())                                      # dW += dY @ cols^T
+            gw += torch.bmm(g, c.transpose(1, 2)).sum(dim=0)         # dW += sum_b dY_b cols_b^T
         if transposed:
             c = _columns(read_g(b0, b0 + n), (ku, kv), (1, 1), (m, n_), cols)
-            r = torch.mm(wf, c, out=xbuf[:d * n * m * n_].view(d, n * m * n_))
-            gx[b0:b0 + n] = r.view(d, n, m, n_).transpose(0, 1)
+            gx[b0:b0 + n] = torch.matmul(wf, c).view(n, d, m, n_)
         elif need_x:
-            gc = torch.mm(wm.t(), g, out=cols[:k * n * L].view(k, n * L))   # dcols = W^T @ dY
-            _col2im(gc.view(d, ku, kv, n, mo, no), gxp[:, :n], geo.stride)
-            unplace(gx[b0:b0 + n], gxp[:, :n].transpose(0, 1), geo.pads)
+            gc = torch.matmul(wm.t(), g, out=cols[:n * k * L].view(n, k, L))   # dcols = W^T dY
+            _col2im(gc.view(n, d, ku, kv, mo, no), gxp[:n], geo.stride)
+            unplace(gx[b0:b0 + n], gxp[:n], geo.pads)
     if need_w:
         gw = uncropped(gw.view(p, d, ku, kv), weight, geo)
     return gx, gw
 
 
 def _col2im(gc, gxp, stride):
-    """gxp[d, b, S*i+u, S*j+v] = sum over taps of gc[d, u, v, b, i, j] (U*V strided adds)."""
-    (sh, sw), (_, ku, kv, _, mo, no) = stride, gc.shape
+    """gxp[b, d, S*i+u, S*j+v] = sum over taps of gc[b, d, u, v, i, j] (U*V strided adds)."""
+    (sh, sw), (_, _, ku, kv, mo, no) = stride, gc.shape
     gxp.zero_()
     for u in range(ku):
         for v in range(kv):
-            gxp[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += gc[:, u, v]
+            gxp[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += gc[:, :, u, v]
