@@ -83,16 +83,20 @@ def render_claim(results) -> str:
         ["test accuracy" + (" (mean ± std)" if c["n_seeds"] > 1 else ""),
          pm(plain.get("mean"), plain.get("std")), pm(resid.get("mean"), resid.get("std")),
          pm(c["mean_diff"], c.get("std_diff"))]]), ""]
-    note = (f"One test image is {1 / c['n_test']:.3f} of accuracy; the sampling error of an "
-            f"accuracy on {c['n_test']} images is about ±{se:.3f} (binomial standard error).")
+    note = (f"one test image is {1 / c['n_test']:.3f} of accuracy, and the sampling error of "
+            f"one accuracy on {c['n_test']} images is about ±{se:.3f} (binomial standard error)")
     if c["n_seeds"] == 1:
-        lines += [f"**Verdict: {c['verdict']}.** A single difference of {c['mean_diff']:+.3f} "
-                  f"is within the noise of one run ({note}). Run `cnnlab reproduce --seeds N` "
-                  "(N ≥ 3) to test the claim.", ""]
+        # the difference of two independent accuracies has sqrt(2) x the error of one
+        size = ("within" if abs(c["mean_diff"]) <= 2 * 2 ** 0.5 * se else "larger than")
+        lines += [f"**Verdict: {c['verdict']}.** The difference, {c['mean_diff']:+.3f}, is {size} "
+                  f"the sampling noise of the test set alone ({note}), but one run per model "
+                  "says nothing about how much a result moves from seed to seed, and the two "
+                  "runs also differ in learning rate. Run `cnnlab reproduce --seeds N` (N ≥ 3) "
+                  "to test the claim.", ""]
     else:
         lines += [f"Paired by seed, residual beats plain in {c['wins']} of {c['n_seeds']} seeds "
                   f"({c['ties']} ties); mean difference {c['mean_diff']:+.4f} ± {c['se_diff']:.4f} "
-                  f"(standard error), t = {c['t']:.2f}. {note}", "",
+                  f"(standard error), t = {c['t']:.2f}; {note}.", "",
                   f"**Verdict: {c['verdict']}** (\"supported\" needs a win in every seed and a "
                   "mean difference above two standard errors; \"not supported\": mean difference "
                   "≤ 0).", ""]
