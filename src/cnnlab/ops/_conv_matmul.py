@@ -34,10 +34,10 @@ def forward(x, weight, bias, geo):
     wf = matrix(wk.permute(order), wk.shape[0])                      # [P, K]
     xf = _flat(x, geo, order)
     y = xf @ wf.t() if bias is None else torch.addmm(bias, xf, wf.t())
-    return y.view(x.shape[0], wk.shape[0], 1, 1)
+    return y.view(x.shape[0], wk.shape[0], 1, 1), None
 
 
-def backward(x, weight, gy, geo, need_x, need_w):
+def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     wk = cropped(weight, geo)
     order = _order(wk)
     inverse = [order.index(i) for i in range(4)]

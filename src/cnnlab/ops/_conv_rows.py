@@ -92,10 +92,10 @@ def forward(x, weight, bias, geo):
         else:
             torch.addmm(bias, c, wm.t(), out=y.rows(b0, b1))
         y.commit(b0, b1)
-    return y.t
+    return y.t, None
 
 
-def backward(x, weight, gy, geo, need_x, need_w):
+def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     (b, _, m, n_), k = x.shape, ku * kv * d

@@ -70,10 +70,10 @@ def forward(x, weight, bias, geo):
         for o, wt in rest:
             acc.addmm_(xg.flat[o:o + r], wt)                   # Y += X shifted by (u,v) @ W_uv^T
         y[b0:b0 + n] = yg.images(n)[:, :, :mo, :no]
-    return y
+    return y, None
 
 
-def backward(x, weight, gy, geo, need_x, need_w):
+def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     b, m, n_ = x.shape[0], *x.shape[2:]

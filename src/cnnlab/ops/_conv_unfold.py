@@ -18,6 +18,10 @@ import torch
 
 from ._conv_common import channels_last, chunk_size, cropped, matrix, place, uncropped, unplace
 
+# Columns up to this size (one chunk) are kept from the forward for dW instead of being copied
+# again: at most a few MiB held, one copy of the columns saved (LeNet's conv1 and conv3).
+KEEP_COLUMNS_BYTES = 8 << 20
+
 
 def _reader(t, chunk, pads):
     """Reader of NCHW image chunks of t padded by `pads` (a view of t when there is no padding)."""
@@ -72,10 +76,11 @@ def forward(x, weight, bias, geo):
             torch.baddbmm(bias.view(1, p, 1), wm.expand(n, p, k), c, out=yb)
         if not direct:
             y[b0:b0 + n] = yb.view(n, p, mo, no)
-    return y
+    keep = chunk == b and c.numel() * c.element_size() <= KEEP_COLUMNS_BYTES
+    return y, (c if keep else None)
 
 
-def backward(x, weight, gy, geo, need_x, need_w):
+def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     wk = cropped(weight, geo)
     p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
     (b, _, m, n_), k, L = x.shape, d * ku * kv, mo * no
@@ -99,7 +104,8 @@ def backward(x, weight, gy, geo, need_x, need_w):
         n = min(b, b0 + chunk) - b0
         g = gy[b0:b0 + n].reshape(n, p, L)                           # dY_b [P, M'*N'] (a view)
         if need_w:
-            c = _columns(read_x(b0, b0 + n), geo.kernel, geo.stride, geo.out, cols)
+            c = kept if kept is not None else \
+                _columns(read_x(b0, b0 + n), geo.kernel, geo.stride, geo.out, cols)
             gw += torch.bmm(g, c.transpose(1, 2)).sum(dim=0)         # dW += sum_b dY_b cols_b^T
         if transposed:
             c = _columns(read_g(b0, b0 + n), (ku, kv), (1, 1), (m, n_), cols)
@@ -114,9 +120,17 @@ def backward(x, weight, gy, geo, need_x, need_w):
 
 
 def _col2im(gc, gxp, stride):
-    """gxp[b, d, S*i+u, S*j+v] = sum over taps of gc[b, d, u, v, i, j] (U*V strided adds)."""
-    (sh, sw), (_, _, ku, kv, mo, no) = stride, gc.shape
+    """gxp[b, d, S*i+u, S*j+v] = sum over taps of gc[b, d, u, v, i, j].
+
+    One index_add_ over the flattened planes (each tap of each output pixel adds into its input
+    pixel) rather than U*V strided adds: 1.5-2.6x faster measured (LeNet's conv3, the stem).
+    """
+    (sh, sw), (n, d, ku, kv, mo, no), (mp, np_) = stride, gc.shape, gxp.shape[2:]
+    dev = gc.device
+    rows = (torch.arange(ku, device=dev).view(ku, 1, 1, 1)
+            + sh * torch.arange(mo, device=dev).view(1, 1, mo, 1))
+    cols = (torch.arange(kv, device=dev).view(1, kv, 1, 1)
+            + sw * torch.arange(no, device=dev).view(1, 1, 1, no))
+    index = (rows * np_ + cols).reshape(-1)                      # (u,v,i,j) -> input pixel
     gxp.zero_()
-    for u in range(ku):
-        for v in range(kv):
-            gxp[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += gc[:, :, u, v]
+    gxp.view(n * d, mp * np_).index_add_(1, index, gc.reshape(n * d, -1))

@@ -84,7 +84,8 @@ class _Conv2d(torch.autograd.Function):
     def forward(ctx, x, weight, bias, geo, algo):
         ctx.save_for_backward(x, weight)
         ctx.geo, ctx.algo, ctx.has_bias = geo, algo, bias is not None
-        return _IMPL[algo].forward(x, weight, bias, geo)
+        y, ctx.kept = _IMPL[algo].forward(x, weight, bias, geo)    # kept: reusable columns
+        return y
 
     @staticmethod
     @once_differentiable
@@ -94,7 +95,7 @@ class _Conv2d(torch.autograd.Function):
         gb = gy.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
         gx = gw = None
         if need_x or need_w:
-            gx, gw = _IMPL[ctx.algo].backward(x, weight, gy, ctx.geo, need_x, need_w)
+            gx, gw = _IMPL[ctx.algo].backward(x, weight, gy, ctx.geo, need_x, need_w, ctx.kept)
         return gx, gw, gb, None, None
 
 
