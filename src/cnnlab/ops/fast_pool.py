@@ -44,24 +44,22 @@ def _taps(x, kernel, stride, padding, value):
     return view.reshape(kernel[0] * kernel[1], *x.shape[:2], *out), out
 
 
-def _scatter_taps(gt, x_shape, kernel, stride, padding, out):
-    """dx from per-tap gradients gt [U*V, B, C, M', N']: the adjoint of `_taps`."""
-    (ph, pw), (ku, kv) = padding, kernel
-    b, c, m, n = x_shape
-    gxp = gt.new_empty((b, c, m + 2 * ph, n + 2 * pw))
-    view = _tap_view(gxp, kernel, stride, out)
-    covered = (stride == kernel and ph == pw == 0 and (m, n) == (out[0] * ku, out[1] * kv))
-    if stride[0] >= ku and stride[1] >= kv:
-        # Windows do not overlap: every input is in at most one window, one copy writes them all.
-        if not covered:
-            gxp.zero_()
-        view.copy_(gt.view(ku, kv, *gt.shape[1:]))
-    else:
-        gxp.zero_()
-        for u in range(ku):            # overlapping windows: one strided add per tap
-            for v in range(kv):
-                view[u, v] += gt[u * kv + v]
-    return gxp[:, :, ph:ph + m, pw:pw + n]
+def _input_pixels(kernel, stride, padding, out, width, device):
+    """Flat index (row * padded width + column) in the padded plane of tap t of window (i, j):
+    [U*V, M'*N'] (small: one row of indices per tap, shared by every image and channel)."""
+    (ku, kv), (sh, sw), (mo, no) = kernel, stride, out
+    rows = torch.arange(ku, device=device).view(ku, 1, 1, 1) + \
+        sh * torch.arange(mo, device=device).view(1, 1, mo, 1)
+    cols = torch.arange(kv, device=device).view(1, kv, 1, 1) + \
+        sw * torch.arange(no, device=device).view(1, 1, 1, no)
+    return (rows * width + cols).view(ku * kv, mo * no)
+
+
+def _unpad(gxp, padding):
+    ph, pw = padding
+    if ph == pw == 0:
+        return gxp
+    return gxp[:, :, ph:gxp.shape[2] - ph, pw:gxp.shape[3] - pw].contiguous()
 
 
 class _MaxPool(torch.autograd.Function):
@@ -79,12 +77,16 @@ class _MaxPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy):
         (tap,) = ctx.saved_tensors
-        x_shape, kernel, stride, padding, out = ctx.geo
-        # dY to the winning tap of each window (one scatter into per-tap planes), then back to x.
-        # Measured 4-7x faster than recomputing the winners by comparison (ties need a cumsum).
-        gt = gy.new_zeros((kernel[0] * kernel[1], *gy.shape))
-        gt.scatter_(0, tap[None], gy[None])
-        return _scatter_taps(gt, x_shape, kernel, stride, padding, out), None, None, None
+        (b, c, m, n), kernel, stride, (ph, pw), out = ctx.geo
+        width, size = n + 2 * pw, (m + 2 * ph) * (n + 2 * pw)
+        # Input pixel of each window's winner, then one scatter-add of dY there (overlapping
+        # windows may share a winner). A handful of whole-tensor operations for any window.
+        pixels = _input_pixels(kernel, stride, (ph, pw), out, width, gy.device)
+        L = out[0] * out[1]
+        winner = pixels.view(-1)[tap.view(b * c, L) * L + torch.arange(L, device=gy.device)]
+        gxp = gy.new_zeros((b * c, size))
+        gxp.scatter_add_(1, winner, gy.reshape(b * c, L))
+        return _unpad(gxp.view(b, c, m + 2 * ph, width), (ph, pw)), None, None, None
 
 
 class _AvgPool(torch.autograd.Function):
@@ -97,9 +99,21 @@ class _AvgPool(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        x_shape, kernel, stride, padding, out = ctx.geo
-        g = (gy / (kernel[0] * kernel[1])).expand(kernel[0] * kernel[1], *gy.shape)
-        return _scatter_taps(g, x_shape, kernel, stride, padding, out), None, None, None
+        (b, c, m, n), (ku, kv), stride, (ph, pw), out = ctx.geo
+        g = gy / (ku * kv)
+        gxp = gy.new_empty((b, c, m + 2 * ph, n + 2 * pw))
+        if stride[0] >= ku and stride[1] >= kv:
+            # Windows do not overlap: one broadcast write of dY/(U*V) into all of them at once.
+            if stride != (ku, kv) or (m + 2 * ph, n + 2 * pw) != (out[0] * ku, out[1] * kv):
+                gxp.zero_()
+            _tap_view(gxp, (ku, kv), stride, out).copy_(g.expand(ku, kv, *g.shape))
+        else:
+            # Overlapping: every tap of every window adds dY/(U*V) to its pixel, one index_add.
+            pixels = _input_pixels((ku, kv), stride, (ph, pw), out, n + 2 * pw, gy.device)
+            gxp.zero_()
+            gxp.view(b * c, -1).index_add_(
+                1, pixels.view(-1), g.reshape(b * c, 1, -1).expand(-1, ku * kv, -1).reshape(b * c, -1))
+        return _unpad(gxp, (ph, pw)), None, None, None
 
 
 def pool2d(x, kernel, stride, padding, mode):
