@@ -66,26 +66,28 @@ class _MaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
         taps, out = _taps(x, kernel, stride, padding, float("-inf"))
-        # max over the taps returns the first maximum's tap on ties (windows of ReLU zeros),
-        # which is where torch's max-pool sends the gradient too.
-        y, tap = taps.max(dim=0)
-        ctx.save_for_backward(tap)
+        # amax, not max with indices: 8x faster here; the winners are found in the backward.
+        y = taps.amax(dim=0)
+        ctx.save_for_backward(taps, y)
         ctx.geo = x.shape, kernel, stride, padding, out
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        (tap,) = ctx.saved_tensors
+        taps, y = ctx.saved_tensors
         (b, c, m, n), kernel, stride, (ph, pw), out = ctx.geo
         width, size = n + 2 * pw, (m + 2 * ph) * (n + 2 * pw)
-        # Input pixel of each window's winner, then one scatter-add of dY there (overlapping
-        # windows may share a winner). A handful of whole-tensor operations for any window.
+        # The input pixel of each window's winner: the first tap (in u, v order) equal to the
+        # max, as torch's max-pool (ties are common: windows of ReLU zeros). Then one
+        # scatter-add of dY there (overlapping windows may share a winner).
         pixels = _input_pixels(kernel, stride, (ph, pw), out, width, gy.device)
-        L = out[0] * out[1]
-        winner = pixels.view(-1)[tap.view(b * c, L) * L + torch.arange(L, device=gy.device)]
+        won = taps == y
+        winner = pixels[-1].expand(b, c, -1).reshape(b * c, -1)
+        for t in range(len(taps) - 2, -1, -1):
+            winner = torch.where(won[t].view(b * c, -1), pixels[t], winner)
         gxp = gy.new_zeros((b * c, size))
-        gxp.scatter_add_(1, winner, gy.reshape(b * c, L))
+        gxp.scatter_add_(1, winner, gy.reshape(b * c, -1))
         return _unpad(gxp.view(b, c, m + 2 * ph, width), (ph, pw)), None, None, None
 
 
