@@ -13,6 +13,10 @@ import torch
 # glibc's 32 MiB mmap limit so freed buffers are reused, not page-faulted in again each call.
 # Peak memory stays below native's + one chunk (measured: 1.0-1.6x native on the largest shapes).
 CPU_CHUNK_BYTES = 24 << 20
+# Columns up to this size (the whole batch in one chunk) are kept from the forward for dW
+# instead of being copied again: one copy of the columns saved per backward (LeNet's conv1 and
+# conv3, ResNet's 8x8 and smaller maps at batch 64) for at most this much memory per layer.
+KEEP_COLUMNS_BYTES = 10 << 20
 # On a GPU there is no small cache to stay in and each extra launch costs: one chunk unless huge.
 GPU_CHUNK_BYTES = 1 << 30
 

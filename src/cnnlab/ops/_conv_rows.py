@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import channels_last, chunk_size, cropped, matrix, place, uncropped, unplace
+from ._conv_common import (KEEP_COLUMNS_BYTES, channels_last, chunk_size, cropped, matrix, place,
+                           uncropped, unplace)
 
 
 def _nhwc(t):
@@ -92,7 +93,8 @@ def forward(x, weight, bias, geo):
         else:
             torch.addmm(bias, c, wm.t(), out=y.rows(b0, b1))
         y.commit(b0, b1)
-    return y.t, None
+    keep = chunk == b and c.numel() * c.element_size() <= KEEP_COLUMNS_BYTES
+    return y.t, (c if keep else None)
 
 
 def backward(x, weight, gy, geo, need_x, need_w, kept=None):
@@ -121,7 +123,8 @@ def backward(x, weight, gy, geo, need_x, need_w, kept=None):
         b1 = min(b, b0 + chunk)
         g = _nhwc(read_g(b0, b1)).reshape(-1, p)                 # dY rows [n*M'*N', P]
         if need_w:
-            c = _rows(read_x(b0, b1), geo.kernel, geo.stride, geo.out, cols)
+            c = kept if kept is not None else \
+                _rows(read_x(b0, b1), geo.kernel, geo.stride, geo.out, cols)
             gw.addmm_(g.t(), c)                                  # dW += dY^T @ cols
         if not need_x:
             continue

@@ -16,11 +16,8 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import channels_last, chunk_size, cropped, matrix, place, uncropped, unplace
-
-# Columns up to this size (one chunk) are kept from the forward for dW instead of being copied
-# again: at most a few MiB held, one copy of the columns saved (LeNet's conv1 and conv3).
-KEEP_COLUMNS_BYTES = 8 << 20
+from ._conv_common import (KEEP_COLUMNS_BYTES, channels_last, chunk_size, cropped, matrix, place,
+                           uncropped, unplace)
 
 
 def _reader(t, chunk, pads):
