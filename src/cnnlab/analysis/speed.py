@@ -219,6 +219,7 @@ def measure_reference(batch=8, device="cpu") -> dict:
     rows = []
     for shape, make in [(s, conv_step) for s in convs] + [(p, pool_step) for p in pools]:
         native, ref = make(shape, "native", batch, device), make(shape, "reference", batch, device)
+        native()                          # warm up the native kernels only (the loops are slow)
         t_native, t_ref, ratio = interleaved(native, ref, device, reps=1, warmup=0)
         rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
                      "fast_ms": 1e3 * t_ref, "ratio": ratio, "algorithm": "reference loops"})
@@ -315,19 +316,29 @@ def peak_memory(shape: ConvShape, impl: str, batch: int, device="cpu") -> int:
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
-def _rss_bytes():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+def _status_kib(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
 
 
 def _child_peak(shape_dict, impl, batch):
-    import resource
+    """Peak RSS growth (bytes) of one conv forward+backward, in this (fresh) process."""
     shape = ConvShape(**shape_dict)
     conv_step(shape, impl, 1, torch.device("cpu"))()    # one-time set-up (kernels, thread pool)
     step = conv_step(shape, impl, batch, torch.device("cpu"))
-    base = _rss_bytes()
+    try:
+        # Reset the peak (VmHWM) to the current RSS, so library pages dropped from memory by
+        # other processes' pressure before the step cannot make the growth look larger.
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+    base = _status_kib("VmRSS")
     step()
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base
+    return (_status_kib("VmHWM") - base) * 1024
 
 
 def measure_memory(batch=64, device="cpu") -> dict:
