@@ -1,6 +1,10 @@
 """Runner overhead: one training epoch through `Runner.train` vs a bare hand-written PyTorch loop.
 
-    python benchmarks/runner.py [--model lenet-native] [--pairs 9] [--threads N] [--json]
+    python benchmarks/runner.py [--model lenet-native] [--pairs 9] [--threads N] [--clock wall|cpu]
+
+On a machine shared with other work, wall times swing by 2-5x between neighbouring epochs; with
+`--threads 1 --clock cpu` each epoch is timed by this process's CPU time instead, which other
+processes barely disturb.
 
 Same process, same model (two copies of one initialisation), same cached data and batches
 (`TensorLoader`, batch 64, the bundled lab split: 16 steps an epoch). Epochs alternate A/B/A/B
@@ -46,6 +50,8 @@ def main(argv=None) -> int:
     ap.add_argument("--pairs", type=int, default=9, help="interleaved epoch pairs (default 9)")
     ap.add_argument("--lr", type=float, default=0.01)
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: perf_counter; cpu: this process's CPU time (use with --threads 1)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args(argv)
     if args.threads:
@@ -67,10 +73,12 @@ def main(argv=None) -> int:
             runner.train(run_loader, None, num_epochs=runner.epoch + 1, log_steps=15,
                          eval_steps=0, save_path=None)
 
+    clock = time.perf_counter if args.clock == "wall" else time.process_time
+
     def timed(fn):
-        t = time.perf_counter()
+        t = clock()
         fn()
-        return time.perf_counter() - t
+        return clock() - t
 
     timed(runner_epoch), timed(lambda: bare_epoch(bare_model, bare_opt, bare_loader))   # warm-up
     ratios, runner_s, bare_s = [], [], []
@@ -86,7 +94,7 @@ def main(argv=None) -> int:
         bare_s.append(b)
     result = {
         "model": args.model, "pairs": args.pairs, "steps_per_epoch": len(run_loader),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "clock": args.clock,
         "median_ratio": statistics.median(ratios),
         "ratios": [round(x, 4) for x in ratios],
         "runner_epoch_s_median": statistics.median(runner_s),
@@ -99,7 +107,7 @@ def main(argv=None) -> int:
     else:
         print(f"{args.model}: Runner epoch {result['runner_epoch_s_median'] * 1000:.1f} ms, bare loop "
               f"{result['bare_epoch_s_median'] * 1000:.1f} ms (medians of {args.pairs}; "
-              f"{len(run_loader)} steps, {torch.get_num_threads()} threads)")
+              f"{len(run_loader)} steps, {torch.get_num_threads()} threads, {args.clock} clock)")
         print(f"median ratio runner/bare = {result['median_ratio']:.3f} (target <= 1.05): "
               f"{'PASS' if result['passed'] else 'FAIL'}; ratios {result['ratios']}")
     return 0 if result["passed"] else 1
