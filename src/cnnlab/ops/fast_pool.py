@@ -66,28 +66,29 @@ class _MaxPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
         taps, out = _taps(x, kernel, stride, padding, float("-inf"))
-        # amax, not max with indices: 8x faster here; the winners are found in the backward.
-        y = taps.amax(dim=0)
-        ctx.save_for_backward(taps, y)
+        # max over the taps returns the first maximum's tap on ties (windows of ReLU zeros),
+        # which is where torch's max-pool sends the gradient too.
+        y, tap = taps.max(dim=0)
+        ctx.save_for_backward(tap)
         ctx.geo = x.shape, kernel, stride, padding, out
         return y
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
-        taps, y = ctx.saved_tensors
+        (tap,) = ctx.saved_tensors
         (b, c, m, n), kernel, stride, (ph, pw), out = ctx.geo
         width, size = n + 2 * pw, (m + 2 * ph) * (n + 2 * pw)
-        # The input pixel of each window's winner: the first tap (in u, v order) equal to the
-        # max, as torch's max-pool (ties are common: windows of ReLU zeros). Then one
-        # scatter-add of dY there (overlapping windows may share a winner).
+        # Input pixel of each window's winner, then one scatter-add of dY there (overlapping
+        # windows may share a winner). A handful of whole-tensor operations for any window:
+        # finding the winners by comparisons instead (amax forward, first equal tap here) is
+        # as fast on an idle core but takes U*V more operations, each a fork/join of the
+        # thread pool (2-3x slower when other processes share the two cores).
         pixels = _input_pixels(kernel, stride, (ph, pw), out, width, gy.device)
-        won = taps == y
-        winner = pixels[-1].expand(b, c, -1).reshape(b * c, -1)
-        for t in range(len(taps) - 2, -1, -1):
-            winner = torch.where(won[t].view(b * c, -1), pixels[t], winner)
+        L = out[0] * out[1]
+        winner = pixels[tap.view(b * c, L), torch.arange(L, device=gy.device)]   # one gather
         gxp = gy.new_zeros((b * c, size))
-        gxp.scatter_add_(1, winner, gy.reshape(b * c, -1))
+        gxp.scatter_add_(1, winner, gy.reshape(b * c, L))
         return _unpad(gxp.view(b, c, m + 2 * ph, width), (ph, pw)), None, None, None
 
 
@@ -96,20 +97,21 @@ class _AvgPool(torch.autograd.Function):
     def forward(ctx, x, kernel, stride, padding):
         taps, out = _taps(x, kernel, stride, padding, 0.0)
         ctx.geo = x.shape, kernel, stride, padding, out
-        return taps.sum(dim=0) / (kernel[0] * kernel[1])
+        return taps.mean(dim=0)              # the sum over the U*V taps over the window size
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
         (b, c, m, n), (ku, kv), stride, (ph, pw), out = ctx.geo
-        g = gy / (ku * kv)
         gxp = gy.new_empty((b, c, m + 2 * ph, n + 2 * pw))
         if stride[0] >= ku and stride[1] >= kv:
             # Windows do not overlap: one broadcast write of dY/(U*V) into all of them at once.
             if stride != (ku, kv) or (m + 2 * ph, n + 2 * pw) != (out[0] * ku, out[1] * kv):
                 gxp.zero_()
-            _tap_view(gxp, (ku, kv), stride, out).copy_(g.expand(ku, kv, *g.shape))
+            torch.div(gy.expand(ku, kv, *gy.shape), ku * kv,
+                      out=_tap_view(gxp, (ku, kv), stride, out))
         else:
+            g = gy / (ku * kv)
             # Overlapping: every tap of every window adds dY/(U*V) to its pixel, one index_add.
             pixels = _input_pixels((ku, kv), stride, (ph, pw), out, n + 2 * pw, gy.device)
             gxp.zero_()
