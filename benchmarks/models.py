@@ -1,6 +1,6 @@
 """Training step of whole models on cnnlab's fast operators vs the same models on torch's layers.
 
-    python benchmarks/models.py [--device cpu|cuda] [--batch 64] [--json] [--quick]
+    python benchmarks/models.py [--device cpu|cuda] [--batch 64] [--json] [--quick] [--clock wall|cpu]
 
 LeNet (conv_impl="fast": our conv and pool) vs lenet-native, and ResNet18 (lab and CIFAR stems)
 with conv_impl="fast" vs conv_impl="native"; same initial weights; one SGD step (forward,
@@ -25,10 +25,18 @@ def main(argv=None):
                     help="only these models")
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time with torch's default threads (default); cpu: this "
+                         "thread's CPU time with torch on 1 thread, which other processes' load "
+                         "cannot inflate (for a shared machine)")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
+    if args.clock == "cpu" and args.device == "cuda":
+        print("error: --clock cpu times CPU work; use the wall clock on cuda", file=sys.stderr)
+        return 2
+    speed.set_clock(args.clock)
     table = speed.measure_models(args.batch, args.device, reps=args.reps, quick=args.quick,
                                  names=args.models)
     out = {"environment": speed.environment(args.device), "batch": args.batch, "models": table}
@@ -37,6 +45,7 @@ def main(argv=None):
         return 0
     env = out["environment"]
     print(f"torch {env['torch']}, {env['device']} ({env['device_name']}), {env['threads']} threads, "
+          f"{env['clock']} clock, load average {env['load_average']:.1f}, "
           f"batch {args.batch}, float32, one SGD training step, median of interleaved pairs\n")
     print(speed.format_table("training step: fast operators vs torch's layers", table))
     return 0

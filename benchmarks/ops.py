@@ -1,6 +1,6 @@
 """Fast (and reference) operators vs torch's, per layer shape of LeNet and ResNet18.
 
-    python benchmarks/ops.py [--device cpu|cuda] [--batch 64] [--json] [--quick]
+    python benchmarks/ops.py [--device cpu|cuda] [--batch 64] [--json] [--quick] [--clock wall|cpu]
 
 Forward + backward, float32, interleaved repetitions, median ratio (see cnnlab.analysis.speed).
 Prints the conv table (ratio = fast / native, and the algorithm the selector chose), its geometric
@@ -24,12 +24,20 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=7, help="interleaved pairs per shape (default 7)")
     ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
     ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="wall: elapsed time with torch's default threads (default); cpu: this "
+                         "thread's CPU time with torch on 1 thread, which other processes' load "
+                         "cannot inflate (for a shared machine)")
     ap.add_argument("--skip", nargs="*", default=[], choices=["pool", "reference", "memory"],
                     help="parts to leave out")
     args = ap.parse_args(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
         return 2
+    if args.clock == "cpu" and args.device == "cuda":
+        print("error: --clock cpu times CPU work; use the wall clock on cuda", file=sys.stderr)
+        return 2
+    speed.set_clock(args.clock)
     reps = 3 if args.quick else args.reps
     out = {"environment": speed.environment(args.device), "batch": args.batch}
     out["conv"] = speed.measure(args.batch, args.device, reps=reps, quick=args.quick)
@@ -45,6 +53,7 @@ def main(argv=None):
         return 0
     env = out["environment"]
     print(f"torch {env['torch']}, {env['device']} ({env['device_name']}), {env['threads']} threads, "
+          f"{env['clock']} clock, load average {env['load_average']:.1f}, "
           f"batch {args.batch}, float32, forward+backward, median of interleaved pairs\n")
     print(speed.format_table("conv2d: fast vs native (F.conv2d)", out["conv"]))
     if "pool" in out:

@@ -104,12 +104,27 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
+# "wall": elapsed time (what a user waits; on a machine shared with other processes it includes
+# their load). "cpu": CPU time of this thread, which other processes cannot inflate; it measures
+# the work only when torch runs on this one thread (torch.set_num_threads(1)).
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+_clock = CLOCKS["wall"]
+
+
+def set_clock(name: str) -> None:
+    """Time with the "wall" (default) or "cpu" clock; "cpu" also sets torch to one thread."""
+    global _clock
+    _clock = CLOCKS[name]
+    if name == "cpu":
+        torch.set_num_threads(1)
+
+
 def _time(fn, device):
     _sync(device)
-    t0 = time.perf_counter()
+    t0 = _clock()
     fn()
     _sync(device)
-    return time.perf_counter() - t0
+    return _clock() - t0
 
 
 def interleaved(fn_a, fn_b, device, reps=5, warmup=1, budget_s=None):
@@ -355,8 +370,10 @@ def environment(device="cpu") -> dict:
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or \
         platform.machine()
+    clock = next(k for k, v in CLOCKS.items() if v is _clock)
     return {"torch": torch.__version__, "device": str(dev), "device_name": name,
-            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count()}
+            "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "clock": clock,
+            "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 
 def run_report_table(quick=False, batch=64, device="cpu") -> dict:
