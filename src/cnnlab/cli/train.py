@@ -40,6 +40,9 @@ def register(sub):
     p.add_argument("--eval-steps", type=int, default=15,
                    help="evaluate on the dev set every N steps and at the end (default 15)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
+    p.add_argument("--threads", type=int, default=None, metavar="N",
+                   help="CPU threads for torch (default: torch's, one per core); 1 is faster on "
+                        "a machine busy with other work")
     p.add_argument("--conv-impl", choices=("fast", "reference", "native"), default=None,
                    help="operator implementation of the model's conv/pool layers "
                         "(default: the model's own, 'fast' for lenet)")
@@ -82,6 +85,7 @@ def config_from_args(args) -> TrainConfig:
                        eval_steps=args.eval_steps, device=args.device, out=args.out,
                        quiet=args.quiet, model_kwargs=kwargs, init=init,
                        weight_init=getattr(args, "weight_init", "lab"),
+                       threads=getattr(args, "threads", None),
                        init_layout=None if layout == "auto" else layout)
 
 

@@ -56,6 +56,7 @@ class TrainConfig:
     init: str | None = None         # start from these weights: a cnnlab checkpoint or a .pdparams
     init_layout: str | None = None  # Paddle layout of a .pdparams `init` (None: detect it)
     weight_init: str = "lab"        # "lab": Paddle's default initialisation (train/init.py); "torch"
+    threads: int | None = None      # torch CPU threads for this run (None: torch's default)
 
     def resolved(self) -> "TrainConfig":
         """A copy with every `None` replaced by the lab's default for `model`, validated."""
@@ -85,6 +86,8 @@ class TrainConfig:
             (self.split in ("lab", "full"), "split", "lab or full"),
             (self.loader in LOADERS, "loader", " or ".join(LOADERS)),
             (self.weight_init in ("lab", "torch"), "weight_init", "lab or torch"),
+            (self.threads is None or (isinstance(self.threads, int) and self.threads > 0),
+             "threads", "an integer > 0"),
             (isinstance(self.num_workers, int) and self.num_workers >= 0, "num_workers", "an integer >= 0"),
         ]
         for ok, name, expected in checks:

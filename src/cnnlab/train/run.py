@@ -66,6 +66,9 @@ def build_run(cfg: TrainConfig, data=None):
     from cnnlab.models import build_model
 
     data = data if data is not None else load_mnist(cfg.data, cfg.split)
+    if cfg.threads:
+        # Results depend on it at float rounding level (reduction order), so it is in the config.
+        torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     in_channels = data.train.images.shape[1]
     model = build_model(cfg.model, in_channels=in_channels, num_classes=10, **cfg.model_kwargs)
