@@ -14,16 +14,16 @@ With stride 1, dx is itself a convolution: dY zero-padded, correlated with the k
 and transposed (dx[m] = sum_u dY[m - u] w[u]), so it reuses im2col and needs no scatter.
 
 Never calls torch's convolution kernels: only copies into padded buffers, as_strided window views,
-matmul and sums. The batch is processed in chunks whose buffers are allocated once and reused
-(they stay in cache and below the allocator's page-faulting size); columns are recomputed in the
-backward rather than stored (a copy is cheaper than keeping U*V times the input alive).
+matmul, index_add and sums. The batch is processed in chunks whose buffers are allocated once per
+call and reused; large columns are recomputed in the backward rather than stored (a copy is
+cheaper than keeping U*V times the input alive), small ones (<= 10 MiB) are kept.
 
 Algorithms (`choose_algorithm`; any can be forced with `algo=` where it applies):
 - "matmul"   the cropped kernel covers the whole padded input: y = x_flat @ W^T on a view of x.
 - "shift"    stride 1: U*V products over shifted row blocks of the flattened padded image, no
              im2col at all (see _conv_shift): wide maps with 16-128 channels.
-- "unfold"   NCHW columns [K, R] (runs of N' pixels): for NCHW inputs with wide feature maps,
-             where it avoids any channels-last transposes (see _conv_unfold).
+- "unfold"   per-image columns [n, K, M'*N'] in F.unfold's layout (runs of N' pixels), batched
+             products, NCHW in and out: few channels or wide maps (see _conv_unfold).
 - "im2col"   channels-last rows [R, K] (runs of D channels): for channels-last inputs and small
              feature maps with many channels (see _conv_rows).
 - "pointwise" a 1x1 kernel on channels-last rows: no window gather, dx without scatter-adds.
