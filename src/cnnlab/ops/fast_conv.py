@@ -21,7 +21,7 @@ cheaper than keeping U*V times the input alive), small ones (<= 10 MiB) are kept
 Algorithms (`choose_algorithm`; any can be forced with `algo=` where it applies):
 - "matmul"   the cropped kernel covers the whole padded input: y = x_flat @ W^T on a view of x.
 - "shift"    stride 1: U*V products over shifted row blocks of the flattened padded image, no
-             im2col at all (see _conv_shift): wide maps with 16-128 channels.
+             im2col at all (see _conv_shift): wide maps with 16-64 channels.
 - "unfold"   per-image columns [n, K, M'*N'] in F.unfold's layout (runs of N' pixels), batched
              products, NCHW in and out: few channels or wide maps (see _conv_unfold).
 - "im2col"   channels-last rows [R, K] (runs of D channels): for channels-last inputs and small
@@ -43,14 +43,16 @@ _IMPL = {"matmul": _conv_matmul, "shift": _conv_shift, "unfold": _conv_unfold,
          "im2col": _conv_rows, "pointwise": _conv_rows}
 
 # For NCHW inputs, "unfold" copies runs of N' output pixels, "im2col" runs of D channels plus
-# NCHW <-> NHWC transposes of x, y, dY and dx. Measured (1 thread, batch 64, every model shape)
-# the crossover is near D = 4 N': unfold wins for LeNet (D <= 16) and the stems by 2-3x, im2col
-# for ResNet's 8x8 and smaller maps with 64+ channels.
+# NCHW <-> NHWC transposes of x, y, dY and dx. Measured (batch 64, every model shape, 1 and 2
+# threads) unfold wins while D <= 4 N' (LeNet, the stems: 2-3x) and, on maps at least 16 wide,
+# while D <= 8 N' (128 channels at 16x16: 1.5x vs 1.9x native); im2col wins on ResNet's 8x8 and
+# smaller maps with 64+ channels.
 UNFOLD_CHANNELS_PER_PIXEL = 4
+UNFOLD_CHANNELS_PER_PIXEL_WIDE = 8          # for N' >= SHIFT_MIN_WIDTH
 # "shift" skips im2col entirely but multiplies with K = D per tap: it wins where the columns
-# copy is as costly as the products, i.e. wide maps (N' >= 16) with 16..128 channels (measured
-# 1.5x vs 2.0x native on 64 channels at 32x32); few channels make its products too thin.
-SHIFT_CHANNELS = (16, 128)
+# copy is as costly as the products, i.e. wide maps (N' >= 16) with 16..64 channels (measured
+# 1.5-1.8x vs 2.0-2.3x native on 64 channels at 32x32); few channels make its products thin.
+SHIFT_CHANNELS = (16, 64)
 SHIFT_MIN_WIDTH = 16
 
 
@@ -61,7 +63,9 @@ def choose_algorithm(x_shape, w_shape, geo: Geometry, x_channels_last: bool = Fa
     if (geo.stride == (1, 1) and geo.kernel != (1, 1) and geo.out[1] >= SHIFT_MIN_WIDTH
             and SHIFT_CHANNELS[0] <= w_shape[1] <= SHIFT_CHANNELS[1]):
         return "shift"
-    if not x_channels_last and w_shape[1] <= UNFOLD_CHANNELS_PER_PIXEL * geo.out[1]:
+    per_pixel = UNFOLD_CHANNELS_PER_PIXEL_WIDE if geo.out[1] >= SHIFT_MIN_WIDTH else \
+        UNFOLD_CHANNELS_PER_PIXEL
+    if not x_channels_last and w_shape[1] <= per_pixel * geo.out[1]:
         return "unfold"
     if geo.kernel == (1, 1):
         return "pointwise"
