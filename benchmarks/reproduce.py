@@ -40,7 +40,7 @@ def main(argv=None) -> int:
         "failed": [t["key"] for t in results["timings"] if t["status"] != "ok"],
         "import_s": round(import_s, 2),
         "total_s": round(b["total_wall_s"], 2),
-        "process_s": round(results["process_wall_s"] or 0, 2),
+        "process_s": round(b["command_wall_s"], 2),
         "target_s": b["target_s"],
         "peak_rss_gb": round(b["peak_rss_gb"], 3),
         "target_rss_gb": b["target_rss_gb"],

@@ -115,7 +115,7 @@ def render_budget(results) -> str:
     flops = b["training_flops"]
     lines = [table(["phase", "wall s", ""], rows), "",
              table(["", "cnnlab", "original code", "target (issue 3)", ""], [
-                 ["wall time, whole run", f"{b['total_wall_s']:.1f} s",
+                 ["wall time, whole command", f"{b['command_wall_s']:.1f} s",
                   f"{lab.ORIGINAL_TOTAL_S:.0f} s (the 3 trainings)",
                   f"≤ {lab.TARGET_TOTAL_S:.0f} s", _mark(b["time_met"])],
                  ["peak RSS", f"{b['peak_rss_gb']:.2f} GB",

@@ -206,11 +206,13 @@ def budget(results: dict) -> dict:
     train_s = sum(t["wall_s"] for t in results["timings"] if t["key"].startswith("train:"))
     floor = flops["total"] / rate if rate else None
     peak_gb = results["resources"]["peak_bytes"] / 1e9
+    command_s = results.get("process_wall_s") or results["total_wall_s"]
     return {
-        "total_wall_s": results["total_wall_s"], "target_s": lab.TARGET_TOTAL_S,
-        "time_met": results["total_wall_s"] <= lab.TARGET_TOTAL_S,
+        # the whole command: interpreter start and imports included where the OS tells them
+        "total_wall_s": results["total_wall_s"], "command_wall_s": command_s,
+        "target_s": lab.TARGET_TOTAL_S, "time_met": command_s <= lab.TARGET_TOTAL_S,
         "original_s": lab.ORIGINAL_TOTAL_S,
-        "speedup_vs_original": lab.ORIGINAL_TOTAL_S / results["total_wall_s"],
+        "speedup_vs_original": lab.ORIGINAL_TOTAL_S / command_s,
         "peak_rss_gb": peak_gb, "target_rss_gb": lab.TARGET_RSS_GB,
         "rss_met": peak_gb <= lab.TARGET_RSS_GB, "original_rss_gb": lab.ORIGINAL_PEAK_RSS_GB,
         "training_wall_s": train_s, "training_flops": flops, "matmul_flops_per_s": rate,
