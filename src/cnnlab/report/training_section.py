@@ -97,8 +97,9 @@ def render_claim(results) -> str:
         lines += [f"Paired by seed, residual beats plain in {c['wins']} of {c['n_seeds']} seeds "
                   f"({c['ties']} ties); mean difference {c['mean_diff']:+.4f} ± {c['se_diff']:.4f} "
                   f"(standard error), t = {c['t']:.2f}; {note}.", "",
-                  f"**Verdict: {c['verdict']}** (\"supported\" needs a win in every seed and a "
-                  "mean difference above two standard errors; \"not supported\": mean difference "
+                  f"**Verdict: {c['verdict']}** for the lab's two configurations, which also "
+                  "differ in learning rate (\"supported\" needs a win in every seed and a mean "
+                  "difference above two standard errors; \"not supported\": mean difference "
                   "≤ 0).", ""]
     return "\n".join(lines)
 
