@@ -6,7 +6,7 @@ import argparse
 import json
 
 from cnnlab.cli.paddle import add_layout_argument
-from cnnlab.data.mnist import SOURCE_HELP
+from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.errors import UserError
 
 PREDICT_EPILOG = """\

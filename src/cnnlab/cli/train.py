@@ -6,7 +6,7 @@ import argparse
 
 from cnnlab.cli import train_safety
 from cnnlab.cli.paddle import add_layout_argument
-from cnnlab.data.mnist import SOURCE_HELP
+from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.train.config import LAB_DEFAULTS, TrainConfig
 
 EPILOG = """\

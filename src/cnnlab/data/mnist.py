@@ -37,7 +37,7 @@ from cnnlab.errors import UserError
 SPLITS = ("lab", "full")
 LAB_SIZES = (1000, 200, 200)
 BUNDLED_FULL_SIZES = (4000, 500, 500)
-SOURCE_HELP = "bundled, idx:DIR (MNIST IDX files) or nndl-json:FILE (the lab's mnist.json.gz)"
+from cnnlab.data.sources import SOURCE_HELP  # noqa: E402,F401  (re-exported)
 
 
 @dataclass(eq=False)
