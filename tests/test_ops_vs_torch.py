@@ -200,6 +200,8 @@ POOL_SWEEP = [
     (2, 2, 9, 9, 2, 3, 0),             # stride > kernel
     (2, 2, 5, 5, 5, 1, 0),             # one window
     (2, 2, 6, 6, 3, 1, 1),             # heavily overlapping windows
+    (1, 2, 7, 11, (2, 3), (2, 3), 0),  # tiles (the strided-view avg path), rows/columns left over
+    (2, 2, 5, 4, 1, 1, 0),             # 1x1 tiles
 ]
 
 
@@ -223,8 +225,9 @@ def test_pool_non_contiguous_and_channels_last(mode, layout):
     x = torch.randn(2, 3, 9, 16, dtype=torch.float64)
     fn = F.max_pool2d if mode == "max" else F.avg_pool2d
     lay = LAYOUTS[layout]
-    helper_test_op(lambda t: ops.pool2d(lay(t), 3, 2, 1, mode=mode),
-                   lambda t: fn(lay(t), 3, 2, 1), [x])
+    for k, st, p in [(3, 2, 1), (2, 2, 0)]:      # overlapping windows and tiles
+        helper_test_op(lambda t: ops.pool2d(lay(t), k, st, p, mode=mode),
+                       lambda t: fn(lay(t), k, st, p), [x])
 
 
 def test_max_pool_ties_go_to_the_first_maximum_like_torch():

@@ -221,7 +221,9 @@ def measure_pool(batch=64, device="cpu", impl="fast", reps=7, quick=False) -> di
         t_native, t_ours, ratio = interleaved(native, ours, device, reps=3 if quick else reps,
                                               budget_s=2.0 if quick else 5.0)
         rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
-                     "fast_ms": 1e3 * t_ours, "ratio": ratio, "algorithm": "taps"})
+                     "fast_ms": 1e3 * t_ours, "ratio": ratio,
+                     "algorithm": "tiles" if shape.mode == "avg" and shape.k == shape.s
+                     and shape.pad == 0 else "taps"})
     return summarize(rows)
 
 

@@ -14,6 +14,8 @@ The windows are copied tap-major, taps[t] = x[.., S*i+u, S*j+v] for t = (u,v), s
 runs along a row of outputs and the reduction over the U*V taps is an elementwise max/sum of
 whole planes (vectorised). Reducing over a trailing window axis instead, or along a strided
 view, is 3-25x slower (measured: 64x6x28x28, 2x2/2: copy+amax 0.8 ms vs 5.4 ms on the view).
+Average pooling over tiles (stride == kernel, no padding: LeNet's pools) needs no copy at all:
+sums of strided views forward, a contiguous broadcast copy backward.
 """
 
 from __future__ import annotations
@@ -102,9 +104,26 @@ class _MaxPool(torch.autograd.Function):
         return _unpad(gxp.view(b, c, m + 2 * ph, width), (ph, pw)), None, None, None
 
 
+def _tiled(kernel, stride, padding):
+    """Windows that tile the plane: stride == kernel, no padding (both of LeNet's pools)."""
+    return tuple(stride) == tuple(kernel) and tuple(padding) == (0, 0)
+
+
 class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
+        ctx.geo = x.shape, kernel, stride, padding, None
+        if _tiled(kernel, stride, padding):
+            (ku, kv), (m, n) = kernel, x.shape[2:]
+            out = (m // ku, n // kv)
+            ctx.geo = x.shape, kernel, stride, padding, out
+            r = x[..., :, 0:kv * out[1]:kv]
+            for v in range(1, kv):
+                r = r + x[..., :, v:kv * out[1]:kv]           # [B, C, M, N'] column sums
+            y = r[..., 0:ku * out[0]:ku, :]
+            for u in range(1, ku):
+                y = y + r[..., u:ku * out[0]:ku, :]           # [B, C, M', N'] window sums
+            return y.div_(ku * kv) if (ku, kv) != (1, 1) else y.clone()
         taps, out = _taps(x, kernel, stride, padding, 0.0)
         ctx.geo = x.shape, kernel, stride, padding, out
         return taps.mean(dim=0)              # the sum over the U*V taps over the window size
@@ -113,6 +132,17 @@ class _AvgPool(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, gy):
         (b, c, m, n), (ku, kv), stride, (ph, pw), out = ctx.geo
+        if _tiled((ku, kv), stride, (ph, pw)):
+            # Tiles: dY/(U*V) repeated V times along a row, then each row U times, written
+            # contiguously (a broadcast copy; 1.5x faster than a write through the strided
+            # window view, measured 64x6x28x28 2x2/2: 0.7 vs 1.1 ms); pixels left over by
+            # M % U, N % V get zeros.
+            g = (gy / (ku * kv)).repeat_interleave(kv, dim=3)
+            g = g[:, :, :, None, :].expand(b, c, out[0], ku, out[1] * kv)
+            g = g.reshape(b, c, out[0] * ku, out[1] * kv)
+            if g.shape[2:] != (m, n):
+                g = F.pad(g, (0, n - g.shape[3], 0, m - g.shape[2]))
+            return g, None, None, None
         gxp = gy.new_empty((b, c, m + 2 * ph, n + 2 * pw))
         if stride[0] >= ku and stride[1] >= kv:
             # Windows do not overlap: one broadcast write of dY/(U*V) into all of them at once.
