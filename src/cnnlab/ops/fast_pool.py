@@ -14,8 +14,9 @@ The windows are copied tap-major, taps[t] = x[.., S*i+u, S*j+v] for t = (u,v), s
 runs along a row of outputs and the reduction over the U*V taps is an elementwise max/sum of
 whole planes (vectorised). Reducing over a trailing window axis instead, or along a strided
 view, is 3-25x slower (measured: 64x6x28x28, 2x2/2: copy+amax 0.8 ms vs 5.4 ms on the view).
-Average pooling over tiles (stride == kernel, no padding: LeNet's pools) needs no copy at all:
-sums of strided views forward, a contiguous broadcast copy backward.
+Average pooling needs no copy of the windows at all: sums of strided views forward (separable:
+columns, then rows); backward a contiguous broadcast copy over tiles (stride == kernel, no
+padding: LeNet's pools), else adds through strided views.
 """
 
 from __future__ import annotations
@@ -127,24 +128,28 @@ def _tiled(kernel, stride, padding):
     return tuple(stride) == tuple(kernel) and tuple(padding) == (0, 0)
 
 
+def _window_sum(xp, kernel, stride, out):
+    """Sum over the U x V windows of xp as sums of strided views, separably: the V column taps
+    first ([B,C,M,N']), then the U row taps of that ([B,C,M',N']). No copy of the windows:
+    U+V-2 adds; 2x faster than the tap copy + mean at 64x6x28x28 2x2/2 (0.23 vs 0.50 ms, one
+    thread) and 1.6x at 64x64x16x16 3x3/2 (3.7 vs 6.0 ms, two threads)."""
+    (ku, kv), (sh, sw), (mo, no) = kernel, stride, out
+    r = xp[..., :, 0:sw * (no - 1) + 1:sw]
+    for v in range(1, kv):
+        r = r + xp[..., :, v:v + sw * (no - 1) + 1:sw]
+    y = r[..., 0:sh * (mo - 1) + 1:sh, :]
+    for u in range(1, ku):
+        y = y + r[..., u:u + sh * (mo - 1) + 1:sh, :]
+    return y if ku * kv > 1 else y.clone()    # a 1x1 window: still a new tensor, not a view
+
+
 class _AvgPool(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, kernel, stride, padding):
-        ctx.geo = x.shape, kernel, stride, padding, None
-        if _tiled(kernel, stride, padding):
-            (ku, kv), (m, n) = kernel, x.shape[2:]
-            out = (m // ku, n // kv)
-            ctx.geo = x.shape, kernel, stride, padding, out
-            r = x[..., :, 0:kv * out[1]:kv]
-            for v in range(1, kv):
-                r = r + x[..., :, v:kv * out[1]:kv]           # [B, C, M, N'] column sums
-            y = r[..., 0:ku * out[0]:ku, :]
-            for u in range(1, ku):
-                y = y + r[..., u:ku * out[0]:ku, :]           # [B, C, M', N'] window sums
-            return y.div_(ku * kv) if (ku, kv) != (1, 1) else y.clone()
-        taps, out = _taps(x, kernel, stride, padding, 0.0)
+        out = (out_size(x.shape[2], kernel[0], padding[0], stride[0]),
+               out_size(x.shape[3], kernel[1], padding[1], stride[1]))
         ctx.geo = x.shape, kernel, stride, padding, out
-        return taps.mean(dim=0)              # the sum over the U*V taps over the window size
+        return _window_sum(_pad(x, padding, 0.0), kernel, stride, out).div_(kernel[0] * kernel[1])
 
     @staticmethod
     @once_differentiable
@@ -170,11 +175,14 @@ class _AvgPool(torch.autograd.Function):
                       out=_tap_view(gxp, (ku, kv), stride, out))
         else:
             g = gy / (ku * kv)
-            # Overlapping: every tap of every window adds dY/(U*V) to its pixel, one index_add.
-            pixels = _input_pixels((ku, kv), stride, (ph, pw), out, n + 2 * pw, gy.device)
+            # Overlapping: each tap (u, v) adds dY/(U*V) to its pixels through a strided view,
+            # U*V adds (1.2x faster than one index_add over precomputed pixel indices at
+            # 64x64x16x16 3x3/2 p1, measured: 4.8 vs 6.0 ms).
             gxp.zero_()
-            gxp.view(b * c, -1).index_add_(
-                1, pixels.view(-1), g.reshape(b * c, 1, -1).expand(-1, ku * kv, -1).reshape(b * c, -1))
+            (mo, no), (sh, sw) = out, stride
+            for u in range(ku):
+                for v in range(kv):
+                    gxp[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += g
         return _unpad(gxp, (ph, pw)), None, None, None
 
 
