@@ -222,8 +222,8 @@ def measure_pool(batch=64, device="cpu", impl="fast", reps=7, quick=False) -> di
                                               budget_s=2.0 if quick else 5.0)
         rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
                      "fast_ms": 1e3 * t_ours, "ratio": ratio,
-                     "algorithm": "tiles" if shape.mode == "avg" and shape.k == shape.s
-                     and shape.pad == 0 else "taps"})
+                     "algorithm": "taps" if shape.mode == "max" else
+                     "views+tiles" if shape.k == shape.s and shape.pad == 0 else "views"})
     return summarize(rows)
 
 
