@@ -11,32 +11,20 @@ import argparse
 import json
 import sys
 
-import torch
-
 from cnnlab.analysis import speed
+
+from _timing_args import add_timing_arguments, apply_timing_arguments
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=7, help="interleaved pairs per model (default 7)")
+    add_timing_arguments(ap, "model")
     ap.add_argument("--models", nargs="*", choices=[p[0] for p in speed.MODEL_PAIRS],
                     help="only these models")
-    ap.add_argument("--json", action="store_true")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall: elapsed time with torch's default threads (default); cpu: this "
-                         "thread's CPU time with torch on 1 thread, which other processes' load "
-                         "cannot inflate (for a shared machine)")
     args = ap.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-        return 2
-    if args.clock == "cpu" and args.device == "cuda":
-        print("error: --clock cpu times CPU work; use the wall clock on cuda", file=sys.stderr)
-        return 2
-    speed.set_clock(args.clock)
+    code = apply_timing_arguments(args)
+    if code:
+        return code
     table = speed.measure_models(args.batch, args.device, reps=args.reps, quick=args.quick,
                                  names=args.models)
     out = {"environment": speed.environment(args.device), "batch": args.batch, "models": table}

@@ -12,32 +12,20 @@ import argparse
 import json
 import sys
 
-import torch
-
 from cnnlab.analysis import speed
+
+from _timing_args import add_timing_arguments, apply_timing_arguments
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--reps", type=int, default=7, help="interleaved pairs per shape (default 7)")
-    ap.add_argument("--json", action="store_true", help="print one JSON object instead of tables")
-    ap.add_argument("--quick", action="store_true", help="fewer repetitions (a smoke run)")
-    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
-                    help="wall: elapsed time with torch's default threads (default); cpu: this "
-                         "thread's CPU time with torch on 1 thread, which other processes' load "
-                         "cannot inflate (for a shared machine)")
+    add_timing_arguments(ap, "shape")
     ap.add_argument("--skip", nargs="*", default=[], choices=["pool", "reference", "memory"],
                     help="parts to leave out")
     args = ap.parse_args(argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        print("error: --device cuda but torch.cuda.is_available() is False", file=sys.stderr)
-        return 2
-    if args.clock == "cpu" and args.device == "cuda":
-        print("error: --clock cpu times CPU work; use the wall clock on cuda", file=sys.stderr)
-        return 2
-    speed.set_clock(args.clock)
+    code = apply_timing_arguments(args)
+    if code:
+        return code
     reps = 3 if args.quick else args.reps
     out = {"environment": speed.environment(args.device), "batch": args.batch}
     out["conv"] = speed.measure(args.batch, args.device, reps=reps, quick=args.quick)
