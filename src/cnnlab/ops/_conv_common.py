@@ -134,3 +134,27 @@ def chunk_size(batch, bytes_per_image, device):
 def channels_last(t):
     """True when t is laid out channels-last (and not also plain contiguous)."""
     return t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def padded_reader(t, chunk, pads, nhwc=False):
+    """Reader of batch chunks t[b0:b1] zero-padded by `pads` ([n,C,H+top+bottom,W+left+right]).
+
+    Without padding the chunk is a view of t (when nhwc, only if t is already channels-last).
+    With padding it is copied into one reused buffer, channels-last when `nhwc`, so the im2col
+    that follows reads contiguous channel runs.
+    """
+    b, c, h, w = t.shape
+    if not any(pads) and (not nhwc or t.permute(0, 2, 3, 1).is_contiguous()):
+        return lambda b0, b1: t[b0:b1]                    # no copy
+    top, bottom, left, right = pads
+    hp, wp = h + top + bottom, w + left + right
+    if nhwc:
+        buf = t.new_zeros((chunk, hp, wp, c)).permute(0, 3, 1, 2)
+    else:
+        buf = t.new_zeros((chunk, c, hp, wp))
+
+    def read(b0, b1):
+        part = buf[:b1 - b0]
+        place(part, t[b0:b1], pads)
+        return part
+    return read

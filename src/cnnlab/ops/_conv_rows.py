@@ -15,27 +15,13 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import (KEEP_COLUMNS_BYTES, channels_last, chunk_size, cropped, matrix, place,
-                           uncropped, unplace)
+from ._conv_common import (KEEP_COLUMNS_BYTES, channels_last, chunk_size, cropped, matrix,
+                           padded_reader, uncropped, unplace)
 
 
 def _nhwc(t):
     return t.permute(0, 2, 3, 1)
 
-
-def _reader(t, chunk, pads):
-    """Reader of chunks of t as channels-last NCHW tensors padded by `pads` (views if possible)."""
-    b, c, h, w = t.shape
-    if not any(pads) and _nhwc(t).is_contiguous():
-        return lambda b0, b1: t[b0:b1]                    # already channels-last: no copy
-    top, bottom, left, right = pads
-    buf = t.new_zeros((chunk, h + top + bottom, w + left + right, c)).permute(0, 3, 1, 2)
-
-    def read(b0, b1):
-        part = buf[:b1 - b0]
-        place(part, t[b0:b1], pads)
-        return part
-    return read
 
 
 def _rows(xp, kernel, stride, out, buf):
@@ -82,7 +68,7 @@ def forward(x, weight, bias, geo):
     b, k = x.shape[0], ku * kv * d
     wm = matrix(wk.permute(0, 2, 3, 1), p)                   # [P, K], K in (u,v,d) order
     chunk = chunk_size(b, mo * no * k * x.element_size(), x.device)
-    read = _reader(x, chunk, geo.pads)
+    read = padded_reader(x, chunk, geo.pads, nhwc=True)
     cols = x.new_empty(chunk * mo * no * k)
     y = _Out(x, (b, p, mo, no), chunk)
     for b0 in range(0, b, chunk):
@@ -106,15 +92,15 @@ def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     transposed = need_x and geo.stride == (1, 1) and p <= 2 * d and not one_by_one
     per_image = mo * no * k if not transposed else max(mo * no * k, m * n_ * ku * kv * p)
     chunk = chunk_size(b, per_image * x.element_size(), x.device)
-    read_g = _reader(gy, chunk, (0, 0, 0, 0))                    # dY as channels-last rows
+    read_g = padded_reader(gy, chunk, (0, 0, 0, 0), nhwc=True)  # dY as channels-last rows
     cols = x.new_empty(chunk * per_image)
     gw = x.new_zeros((p, k)) if need_w else None
     gx = _Out(x, x.shape, chunk) if need_x else None
     if need_w:
-        read_x = _reader(x, chunk, geo.pads)
+        read_x = padded_reader(x, chunk, geo.pads, nhwc=True)
     if transposed:
         # dx[m] = sum_u dY[m + top - u] w[u]: dY padded so the flipped kernel reads it validly.
-        read_gp = _reader(gy, chunk, geo.transposed_pads(m, n_))
+        read_gp = padded_reader(gy, chunk, geo.transposed_pads(m, n_), nhwc=True)
         wf = matrix(wk.flip(2, 3).permute(1, 2, 3, 0), d)   # [D, (u,v,p)]
     elif need_x and not one_by_one:
         mp, np_ = geo.padded(m, n_)

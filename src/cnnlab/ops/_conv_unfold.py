@@ -16,23 +16,9 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import (KEEP_COLUMNS_BYTES, channels_last, chunk_size, cropped, matrix, place,
-                           uncropped, unplace)
+from ._conv_common import (KEEP_COLUMNS_BYTES, channels_last, chunk_size, cropped, matrix,
+                           padded_reader, uncropped, unplace)
 
-
-def _reader(t, chunk, pads):
-    """Reader of NCHW image chunks of t padded by `pads` (a view of t when there is no padding)."""
-    if not any(pads):
-        return lambda b0, b1: t[b0:b1]
-    b, c, h, w = t.shape
-    top, bottom, left, right = pads
-    buf = t.new_zeros((chunk, c, h + top + bottom, w + left + right))
-
-    def read(b0, b1):
-        part = buf[:b1 - b0]
-        place(part, t[b0:b1], pads)
-        return part
-    return read
 
 
 def _columns(xp, kernel, stride, out, buf):
@@ -58,7 +44,7 @@ def forward(x, weight, bias, geo):
     b, k, L = x.shape[0], d * ku * kv, mo * no
     wm = matrix(wk, p)                                           # [P, K], K in (d,u,v) order
     chunk = chunk_size(b, L * k * x.element_size(), x.device)
-    read = _reader(x, chunk, geo.pads)
+    read = padded_reader(x, chunk, geo.pads)
     cols = x.new_empty(chunk * L * k)
     y = _nchw((b, p, mo, no), x)
     direct = y.is_contiguous()
@@ -89,10 +75,10 @@ def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     gw = x.new_zeros((p, k)) if need_w else None
     gx = _nchw(x.shape, x) if need_x else None
     if need_w:
-        read_x = _reader(x, chunk, geo.pads)
+        read_x = padded_reader(x, chunk, geo.pads)
     if transposed:
         # dx[m] = sum_u dY[m + top - u] w[u]: dY padded so the flipped kernel reads it validly.
-        read_g = _reader(gy, chunk, geo.transposed_pads(m, n_))
+        read_g = padded_reader(gy, chunk, geo.transposed_pads(m, n_))
         wf = matrix(wk.flip(2, 3).transpose(0, 1), d)                # [D, (p,u,v)]
     elif need_x:
         mp, np_ = geo.padded(m, n_)
