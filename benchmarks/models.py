@@ -13,7 +13,7 @@ import sys
 
 from cnnlab.analysis import speed
 
-from _timing_args import add_timing_arguments, apply_timing_arguments
+from _timing_args import add_timing_arguments, apply_timing_arguments, print_header
 
 
 def main(argv=None):
@@ -31,10 +31,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    env = out["environment"]
-    print(f"torch {env['torch']}, {env['device']} ({env['device_name']}), {env['threads']} threads, "
-          f"{env['clock']} clock, load average {env['load_average']:.1f}, "
-          f"batch {args.batch}, float32, one SGD training step, median of interleaved pairs\n")
+    print_header(out["environment"], args.batch, "one SGD training step")
     print(speed.format_table("training step: fast operators vs torch's layers", table))
     return 0
 

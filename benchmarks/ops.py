@@ -14,7 +14,7 @@ import sys
 
 from cnnlab.analysis import speed
 
-from _timing_args import add_timing_arguments, apply_timing_arguments
+from _timing_args import add_timing_arguments, apply_timing_arguments, print_header
 
 
 def main(argv=None):
@@ -39,10 +39,7 @@ def main(argv=None):
     if args.json:
         print(json.dumps(out, indent=1))
         return 0
-    env = out["environment"]
-    print(f"torch {env['torch']}, {env['device']} ({env['device_name']}), {env['threads']} threads, "
-          f"{env['clock']} clock, load average {env['load_average']:.1f}, "
-          f"batch {args.batch}, float32, forward+backward, median of interleaved pairs\n")
+    print_header(out["environment"], args.batch, "forward+backward")
     print(speed.format_table("conv2d: fast vs native (F.conv2d)", out["conv"]))
     if "pool" in out:
         print()
