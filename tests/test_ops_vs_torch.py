@@ -56,6 +56,9 @@ SWEEP = [
     (2, 4, 3, 2, 2, 3, 3, 2, 1),             # 3x3/2 on 2x2
     (2, 3, 2, 3, 3, 3, 3, 1, 3),             # padding wider than the kernel
     (1, 1, 2, 1, 1, 1, 1, 2, 1),             # every window reads padding only
+    (1, 6, 16, 14, 14, 5, 5, 1, 0),          # LeNet conv3: dx by shifted products (P > 2D >= 8)
+    (2, 4, 9, 7, 9, 2, 3, 1, (0, 2)),        # the same, rectangular kernel, uneven padding
+    (2, 4, 9, 3, 3, 3, 3, 1, 3),             # the same, padding wider than the kernel (cropped)
 ]
 
 
@@ -165,6 +168,24 @@ def test_fast_conv_chunked_batch(monkeypatch, k, s, pad):
     for algo in ("unfold", "im2col") + (("shift",) if s == 1 else ()):
         helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, (s, s), (pad, pad), algo=algo),
                        lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
+
+
+@pytest.mark.parametrize("d,p,expect", [(6, 16, True), (4, 9, True), (3, 64, False),
+                                          (1, 6, False), (8, 16, False)], ids=str)
+def test_shifted_products_dx_is_used_where_documented(monkeypatch, d, p, expect):
+    # unfold's dx, stride 1: shifted products when P > 2D and D >= 4 (LeNet's conv3), col2im for
+    # thin D (CIFAR stem, LeNet conv1), the flipped-kernel correlation when P <= 2D. Chunked to
+    # one image per chunk, so reused buffers must not leak one image into the next.
+    from cnnlab.ops import _conv_dx, _conv_unfold
+    calls = []
+    real = _conv_dx.input_grad
+    monkeypatch.setattr(_conv_dx, "input_grad", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(_conv_common, "CPU_CHUNK_BYTES", 1)
+    x, w, bb = conv_inputs(3, d, p, 7, 6, 3, 3)
+    helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, (1, 1), (1, 1), algo="unfold"),
+                   lambda x, w, bb: F.conv2d(x, w, bb, 1, 1), [x, w, bb])
+    assert bool(calls) == expect
+    assert _conv_unfold._conv_dx is _conv_dx
 
 
 def test_only_needed_gradients_are_computed():
