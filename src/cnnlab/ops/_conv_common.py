@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 import torch
@@ -58,7 +59,14 @@ def _alive_taps(m, u, p, s, mo):
 
 
 def geometry(x_shape, w_shape, stride, padding) -> Geometry:
-    (m, n), (u, v), (sh, sw), (ph, pw) = x_shape[-2:], w_shape[-2:], stride, padding
+    return _geometry(tuple(x_shape[-2:]), tuple(w_shape[-2:]), tuple(stride), tuple(padding))
+
+
+# A pure function of a few integers, called on every forward; its tap search is a Python loop
+# over the output rows (~50 us for LeNet's conv1), so each geometry is worked out once.
+@functools.lru_cache(maxsize=256)
+def _geometry(x_hw, w_hw, stride, padding) -> Geometry:
+    (m, n), (u, v), (sh, sw), (ph, pw) = x_hw, w_hw, stride, padding
     mo, no = (m + 2 * ph - u) // sh + 1, (n + 2 * pw - v) // sw + 1
     u0, u1 = _alive_taps(m, u, ph, sh, mo)
     v0, v1 = _alive_taps(n, v, pw, sw, no)
