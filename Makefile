@@ -25,6 +25,8 @@ reproduce: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/ops.py
+	$(BIN)/python benchmarks/models.py
+	$(BIN)/python benchmarks/limits.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

@@ -1,0 +1,107 @@
+"""What limits the slowest fast-conv shapes: their matrix products alone vs torch's whole conv.
+
+    python benchmarks/limits.py [--batch 64] [--reps 9] [--clock wall|cpu]
+
+For the shapes where `conv2d(impl="fast")` is furthest from F.conv2d (LeNet's conv3, ResNet18's
+64-channel 3x3 convs), times in one interleaved run (the order rotates every round, median):
+  native   F.conv2d forward + backward (dx, dW, db)
+  fast     cnnlab's conv2d forward + backward (the algorithm the selector picks)
+  gemm     only the matrix products that algorithm performs, on preallocated contiguous
+           operands of the same shapes (no im2col copy, no layout change, no col2im)
+If `gemm` alone is already close to `native`, no rearrangement of copies can bring `fast` to
+native's speed with these BLAS calls: what is left is the cost of the copies themselves.
+GFLOP/s counts 3 x 2*B*P*K*M'*N' (forward, dx, dW) for every column, so they compare directly.
+"""
+
+import argparse
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from cnnlab import ops
+from cnnlab.ops import fast_conv
+
+from _timing_args import CLOCK_HELP
+
+
+def _products(algo, b, d, p, h, k, pad):
+    """Closures for the matrix products of `algo` on this shape (see each algorithm's module)."""
+    ho = h + 2 * pad - k + 1
+    hp = h + 2 * pad
+    r, kk, L = b * ho * ho, d * k * k, ho * ho
+    t = torch.randn
+    if algo == "unfold":       # per-image products; dx by U*V shifted products (_conv_dx)
+        w, cols, g = t(p, kk), t(b, kk, L), t(b, p, L)
+        wt, gf, acc = t(k * k, d, p), t(p, b * hp * hp), t(d, b * hp * hp)
+        return [lambda: torch.matmul(w, cols), lambda: torch.bmm(g, cols.transpose(1, 2)).sum(0),
+                lambda: [acc.addmm_(wt[i], gf) for i in range(k * k)]]
+    if algo == "im2col":       # one product each over channels-last rows
+        rows, w, g = t(r, kk), t(kk, p), t(r, p)
+        return [lambda: torch.mm(rows, w), lambda: torch.mm(g.t(), rows), lambda: torch.mm(rows, w)]
+    if algo == "shift":        # U*V products over shifted row blocks of the padded grid
+        rp, offsets = b * hp * hp, [u * hp + v for u in range(k) for v in range(k)]
+        x, g, acc, dx = t(rp + offsets[-1], d), t(rp, p), t(rp, p), t(rp + offsets[-1], d)
+        w, wt, gw = t(k * k, d, p), t(k * k, p, d), t(k * k, d, p)
+        return [lambda: [acc.addmm_(x[o:o + rp], w[i]) for i, o in enumerate(offsets)],
+                lambda: [gw[i].addmm_(x[o:o + rp].t(), g) for i, o in enumerate(offsets)],
+                lambda: [dx[o:o + rp].addmm_(g, wt[i]) for i, o in enumerate(offsets)]]
+    raise ValueError(algo)
+
+
+SHAPES = [  # (D, P, H, K, pad, where)
+    (6, 16, 14, 5, 0, "lenet conv3"),
+    (64, 64, 8, 3, 1, "resnet18 layer1 3x3"),
+    (64, 64, 32, 3, 1, "resnet18-cifar layer1 3x3"),
+]
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--reps", type=int, default=9, help="rounds (default 9)")
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall", help=CLOCK_HELP)
+    args = ap.parse_args(argv)
+    clock = time.perf_counter if args.clock == "wall" else time.thread_time
+    if args.clock == "cpu":
+        torch.set_num_threads(1)
+    b = args.batch
+    print(f"torch {torch.__version__}, cpu, {torch.get_num_threads()} threads, {args.clock} clock, "
+          f"batch {b}, float32, median of {args.reps} rotated rounds\n")
+    print(f"{'shape':<26}{'algorithm':<10}{'native ms':>10}{'fast ms':>9}{'gemm ms':>9}"
+          f"{'fast/nat':>9}{'gemm/nat':>9}   GFLOP/s native / fast / gemm")
+    for d, p, h, k, pad, where in SHAPES:
+        gen = torch.Generator().manual_seed(0)
+        x = torch.randn(b, d, h, h, generator=gen).requires_grad_()
+        w = (torch.randn(p, d, k, k, generator=gen) / (d * k * k) ** 0.5).requires_grad_()
+        bias = torch.zeros(p, requires_grad=True)
+        ho = h + 2 * pad - k + 1
+        gy = torch.randn(b, p, ho, ho, generator=gen)
+        geo = fast_conv.geometry(x.shape, w.shape, (1, 1), (pad, pad))
+        algo = fast_conv.choose_algorithm(x.shape, w.shape, geo)
+        gemms = _products(algo, b, d, p, h, k, pad)
+        runs = {"native": lambda: F.conv2d(x, w, bias, 1, pad).backward(gy),
+                "fast": lambda: ops.conv2d(x, w, bias, 1, pad).backward(gy),
+                "gemm": lambda: [f() for f in gemms]}
+        names, times = list(runs), {n: [] for n in runs}
+        for n in names:
+            runs[n]()                                   # warm-up
+        for rnd in range(args.reps):
+            for n in names[rnd % 3:] + names[:rnd % 3]:  # rotate the order every round
+                t0 = clock()
+                runs[n]()
+                times[n].append(clock() - t0)
+        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        flops = 3 * 2 * b * p * d * k * k * ho * ho / 1e6        # MFLOP -> GFLOP/s with ms
+        rate = " / ".join(f"{flops / med[n]:.0f}" for n in names)
+        print(f"{d:>3}->{p:<3} {k}x{k} @{h}x{h}{'':<{13 - len(str(h)) * 2}}{algo:<10}"
+              f"{med['native']:>10.2f}{med['fast']:>9.2f}{med['gemm']:>9.2f}"
+              f"{med['fast'] / med['native']:>9.2f}{med['gemm'] / med['native']:>9.2f}   {rate}"
+              f"   ({where})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
