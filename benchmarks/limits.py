@@ -11,9 +11,13 @@ For the shapes where `conv2d(impl="fast")` is furthest from F.conv2d (LeNet's co
 If `gemm` alone is already close to `native`, no rearrangement of copies can bring `fast` to
 native's speed with these BLAS calls: what is left is the cost of the copies themselves.
 GFLOP/s counts 3 x 2*B*P*K*M'*N' (forward, dx, dW) for every column, so they compare directly.
+
+Then the LeNet training step (one SGD step) with all of our operators, and with one layer at a
+time swapped for torch's (same weights), each over torch's LeNet: which layer makes the gap.
 """
 
 import argparse
+import copy
 import statistics
 import sys
 import time
@@ -22,6 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
+from cnnlab.analysis import speed
+from cnnlab.models import build_model
 from cnnlab.ops import fast_conv
 
 from _timing_args import CLOCK_HELP
@@ -58,6 +64,37 @@ SHAPES = [  # (D, P, H, K, pad, where)
 ]
 
 
+def rotated(runs, reps, clock):
+    """Median seconds of each closure; the order rotates every round so drift hits all alike."""
+    names, times = list(runs), {n: [] for n in runs}
+    for n in names:
+        runs[n]()                                        # warm-up
+    for rnd in range(reps):
+        k = rnd % len(names)
+        for n in names[k:] + names[:k]:
+            t0 = clock()
+            runs[n]()
+            times[n].append(clock() - t0)
+    return {n: statistics.median(v) for n, v in times.items()}
+
+
+def lenet_swaps(batch, reps, clock):
+    """LeNet step, all ours and with one layer swapped for torch's, each / torch's LeNet."""
+    torch.manual_seed(0)
+    ours, native = build_model("lenet", conv_impl="fast"), build_model("lenet-native")
+    native.load_state_dict(ours.state_dict())
+    models = {"torch's LeNet": native, "all ours": ours}
+    for layer in ("conv1", "pool2", "conv3", "pool4", "conv5"):
+        m = copy.deepcopy(ours)
+        setattr(m, layer, copy.deepcopy(getattr(native, layer)))
+        models[f"ours, {layer} torch's"] = m
+    med = rotated({n: speed.train_step(m, batch, torch.device("cpu")) for n, m in models.items()},
+                  reps, clock)
+    print("\nLeNet training step / torch's LeNet")
+    for n, t in med.items():
+        print(f"  {n:<22}{1e3 * t:>8.2f} ms {t / med[next(iter(med))]:>6.2f}")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--batch", type=int, default=64)
@@ -85,21 +122,15 @@ def main(argv=None):
         runs = {"native": lambda: F.conv2d(x, w, bias, 1, pad).backward(gy),
                 "fast": lambda: ops.conv2d(x, w, bias, 1, pad).backward(gy),
                 "gemm": lambda: [f() for f in gemms]}
-        names, times = list(runs), {n: [] for n in runs}
-        for n in names:
-            runs[n]()                                   # warm-up
-        for rnd in range(args.reps):
-            for n in names[rnd % 3:] + names[:rnd % 3]:  # rotate the order every round
-                t0 = clock()
-                runs[n]()
-                times[n].append(clock() - t0)
-        med = {n: statistics.median(v) * 1e3 for n, v in times.items()}
+        names = list(runs)
+        med = {n: t * 1e3 for n, t in rotated(runs, args.reps, clock).items()}
         flops = 3 * 2 * b * p * d * k * k * ho * ho / 1e6        # MFLOP -> GFLOP/s with ms
         rate = " / ".join(f"{flops / med[n]:.0f}" for n in names)
         print(f"{d:>3}->{p:<3} {k}x{k} @{h}x{h}{'':<{13 - len(str(h)) * 2}}{algo:<10}"
               f"{med['native']:>10.2f}{med['fast']:>9.2f}{med['gemm']:>9.2f}"
               f"{med['fast'] / med['native']:>9.2f}{med['gemm'] / med['native']:>9.2f}   {rate}"
               f"   ({where})")
+    lenet_swaps(b, 2 * args.reps, clock)
     return 0
 
 
