@@ -30,6 +30,7 @@ CONV_CASES = [
     (2, 4, 3, 1, 1, 3, 3, 1, 1),          # 3x3 on 1x1 with padding 1 (cropped to 1x1: matmul)
     (2, 4, 3, 2, 2, 3, 3, 2, 1),          # ResNet's 2x2 -> 1x1 stride-2 stage
     (2, 3, 2, 6, 6, 7, 7, 2, 3),          # the 7x7/2 stem, kernel larger than x
+    (2, 4, 9, 8, 8, 3, 3, 1, 1),          # P > 2D >= 8: unfold's dx by shifted products
 ]
 QUICK_CONV_CASES = CONV_CASES[:5]
 REFERENCE_CONV_CASES = [(2, 2, 3, 6, 6, 3, 3, 1, 1), (1, 2, 2, 7, 6, 3, 2, 2, 1)]
