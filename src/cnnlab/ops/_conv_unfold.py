@@ -72,7 +72,7 @@ def backward(x, weight, gy, geo, need_x, need_w, kept=None):
     wm = matrix(wk, p)
     transposed = need_x and geo.stride == (1, 1) and p <= 2 * d
     if need_x and geo.stride == (1, 1) and not transposed and d >= _conv_dx.MIN_CHANNELS:
-        _, gw = backward(x, weight, gy, geo, False, need_w, kept)
+        gw = backward(x, weight, gy, geo, False, True, kept)[1] if need_w else None
         return _conv_dx.input_grad(x, wk, gy, geo), gw
     per_image = L * k if not transposed else max(L * k, m * n_ * ku * kv * p)
     chunk = chunk_size(b, per_image * x.element_size(), x.device)

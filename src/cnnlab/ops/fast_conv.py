@@ -11,8 +11,9 @@ and differentiating that product gives the backward (the chain rule, written out
     dcols = W^T @ dY, dx = col2im   every window returns its gradient where it read it
     dbias = dY summed over R.
 With stride 1, dx is itself a convolution: dY zero-padded, correlated with the kernel flipped
-and transposed (dx[m] = sum_u dY[m - u] w[u]), so it reuses im2col and needs no scatter; when
-P > 2D that correlation is the bigger product, and dx is U*V shifted products (see _conv_dx).
+and transposed (dx[m] = sum_u dY[m - u] w[u]), so it reuses im2col and needs no scatter. When
+P > 2D that correlation is the bigger product; "unfold" then computes dx as U*V shifted
+products if D >= 4 (see _conv_dx), else by col2im.
 
 Never calls torch's convolution kernels: only copies into padded buffers, as_strided window views,
 matmul, index_add and sums. The batch is processed in chunks whose buffers are allocated once per
