@@ -188,6 +188,16 @@ def test_shifted_products_dx_is_used_where_documented(monkeypatch, d, p, expect)
     assert _conv_unfold._conv_dx is _conv_dx
 
 
+def test_shifted_products_dx_without_weight_grad():
+    x, w, bb = conv_inputs(2, 6, 16, 9, 8, 5, 5)        # LeNet conv3's channels: shifted dx
+    x.requires_grad_()
+    y = fast_conv.conv2d(x, w, bb, (1, 1), (1, 1), algo="unfold")
+    (gx,) = torch.autograd.grad(y, [x], torch.ones_like(y))
+    xr = x.detach().requires_grad_()
+    (gr,) = torch.autograd.grad(F.conv2d(xr, w, bb, 1, 1).sum(), [xr])
+    torch.testing.assert_close(gx, gr, atol=1e-10, rtol=1e-7)
+
+
 def test_only_needed_gradients_are_computed():
     x, w, bb = conv_inputs(2, 3, 4, 6, 6, 3, 3)
     w.requires_grad_()
