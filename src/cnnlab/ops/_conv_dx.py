@@ -42,7 +42,7 @@ def input_grad(x, wk, gy, geo):
     # Tap (u, v) reads gf from offset front - (u*Np + v) = u'*Np + v' with u' = U-1-u, v' = V-1-v:
     # with the kernel flipped, tap (u', v') of both lists below belongs together. Made as two
     # strided tensors split by unbind (a few calls, not U*V Python-level slices: 0.2 ms less).
-    wts = wk.flip(2, 3).permute(2, 3, 1, 0).reshape(ku * kv, d, p).unbind(0)    # W^T [D, P]
+    wts = wk.flip(2, 3).permute(2, 3, 1, 0).contiguous().view(ku * kv, d, p).unbind(0)  # W^T
     gfull = x.new_empty(p * (front + chunk * plane))
     gxc = x.new_empty((d, chunk * plane))                            # dx on padded planes, CNHW
     gx = torch.empty_like(x, memory_format=torch.channels_last if channels_last(x)
