@@ -9,7 +9,7 @@ from cnnlab.interop.paddle import (
     write_pdparams,
 )
 from cnnlab.interop.paddle_layouts import LAYOUT_NAMES
-from cnnlab.interop.pickle_safe import UnsafePickleError
+from cnnlab.data.safe_pickle import UnsafePickleError
 
 __all__ = [
     "LAYOUT_NAMES",

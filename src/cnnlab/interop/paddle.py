@@ -24,7 +24,7 @@ from torch import nn
 
 from cnnlab.errors import UserError
 from cnnlab.interop import paddle_layouts as layouts
-from cnnlab.interop.pickle_safe import UnsafePickleError, dumps_arrays, safe_load
+from cnnlab.data.safe_pickle import UnsafePickleError, dumps_arrays, safe_load
 from cnnlab.train.checkpoint import atomic_write
 
 NAME_TABLE_KEY = "StructuredToParameterName@@"
