@@ -1,4 +1,4 @@
-"""Read and write pickles of numpy arrays without trusting them (the lab's `.pdparams` files; CIFAR-10 batches).
+"""Unpickling numpy arrays without trusting the file: Paddle `.pdparams`, CIFAR-10 batches.
 
 A pickle can name any importable callable and call it (`os.system`, `builtins.eval`, ...), so
 `pickle.load` on a file from someone else runs their code. A `.pdparams` file written by
