@@ -194,7 +194,7 @@ def make_images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
 # ------------------------------------------------------------------------------ the files
 def batch_dict(data: np.ndarray, labels, batch_label: str, seed: int = 0) -> dict:
     """The dict of an official batch, keys in the order the real files hold them."""
-    names = [f"{CLASSES[y]}_s_{seed * 100000 + i:06d}.png" for i, y in enumerate(labels)]
+    names = [f"{CLASSES[y % 10]}_s_{seed * 100000 + i:06d}.png" for i, y in enumerate(labels)]
     return {"batch_label": batch_label, "labels": [int(y) for y in labels], "data": data,
             "filenames": names}
 

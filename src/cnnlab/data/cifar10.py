@@ -219,7 +219,7 @@ def _read_archive(path: Path) -> dict[str, bytes]:
                                     "not a batch; this is not the official archive")
                 blobs[name] = tar.extractfile(member).read()
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
-        raise UserError(f"{path}: cannot read the archive ({type(err).__name__}: {err}): "
+        raise UserError(f"{path}: cannot read the archive ({one_line(err)}): "
                         "truncated or not a tar.gz; download it again with "
                         "`cnnlab data fetch cifar10`") from None
     missing = [f"{FOLDER}/{n}" for n in FILES if n not in blobs]
@@ -227,6 +227,11 @@ def _read_archive(path: Path) -> dict[str, bytes]:
         raise UserError(f"{path}: no {', '.join(missing)} in the archive; expected {ARCHIVE} "
                         "(get it with `cnnlab data fetch cifar10`)")
     return blobs
+
+
+def one_line(err: BaseException) -> str:
+    """"Type: message" on one line (tarfile's errors list each method it tried on a line)."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())}"
 
 
 def unpickle(data: bytes, where) -> dict:

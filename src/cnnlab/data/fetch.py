@@ -34,7 +34,7 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from cnnlab.data.cifar10 import ARCHIVE, FILES, FOLDER
+from cnnlab.data.cifar10 import ARCHIVE, FILES, FOLDER, one_line
 from cnnlab.errors import UserError
 
 # The address and checksum torchvision's CIFAR10 dataset uses.
@@ -178,8 +178,8 @@ def download(url: str, path: Path, md5: str, progress: bool = True):
     except (OSError, http.client.HTTPException) as err:  # the connection failed midway
         if isinstance(err, OSError) and err.filename:  # opening our temp file failed
             raise
-        raise UserError(f"download of {url} failed after {got:,} bytes "
-                        f"({type(err).__name__}: {err}); {again}") from None
+        raise UserError(f"download of {url} failed after {got:,} bytes ({one_line(err)}); "
+                        f"{again}") from None
     if total is not None and got != total:
         raise UserError(f"download of {url} truncated: got {got:,} of {total:,} bytes; {again}")
     if h.hexdigest() != md5:
@@ -248,7 +248,7 @@ def extract(archive: Path, folder: Path, where: str):
             else:  # pragma: no cover - older Pythons: the members were checked above
                 tar.extractall(folder, members=members)
     except (tarfile.TarError, EOFError, zlib.error) as err:
-        raise UserError(f"{where}: the archive cannot be read ({type(err).__name__}: {err}); "
+        raise UserError(f"{where}: the archive cannot be read ({one_line(err)}); "
                         "nothing was kept: check --url and run again") from None
 
 
