@@ -201,10 +201,12 @@ def _batch(**change):
 
 @pytest.mark.parametrize("name, obj, fault", [
     ("data_batch_3", _batch(data=np.zeros((N, 3071), np.uint8)), r"data is uint8 \[20, 3071\]"),
-    ("data_batch_3", _batch(data=np.zeros((N, 32, 32, 3), np.uint8)), r"data is uint8 \[20, 32, 32, 3\]"),
+    ("data_batch_3", _batch(data=np.zeros((N, 32, 32, 3), np.uint8)),
+     r"data is uint8 \[20, 32, 32, 3\]"),
     ("data_batch_3", _batch(labels=None), "no 'labels' entry"),
     ("data_batch_3", _batch(labels=[1] * (N - 1)), "19 labels for 20 images"),
-    ("data_batch_3", _batch(labels=[0] * 7 + [10] + [0] * (N - 8)), "label 10 at position 7 is out of range"),
+    ("data_batch_3", _batch(labels=[0] * 7 + [10] + [0] * (N - 8)),
+     "label 10 at position 7 is out of range"),
     ("data_batch_3", _batch(labels=[-1] * N), "label -1 at position 0"),
     ("data_batch_3", _batch(labels=["cat"] * N), "labels must be a list of integers"),
     ("test_batch", _batch(data=np.zeros((N + 1, 3072), np.uint8), labels=[0] * (N + 1)),
@@ -261,7 +263,8 @@ def test_a_batch_that_runs_code_is_refused_and_nothing_runs(copy, tmp_path, caps
         blob = pickle.dumps({"data": _RunsCode(os.system, f"touch {marker}"), "labels": []},
                             protocol=2)
     else:  # the same attack in the official files' own dialect
-        blob = Py2Pickler().dumps(Reduce(Global("os", "system"), (Py2Str(f"touch {marker}".encode()),)))
+        command = Py2Str(f"touch {marker}".encode())
+        blob = Py2Pickler().dumps(Reduce(Global("os", "system"), (command,)))
     (copy / "data_batch_4").write_bytes(blob)
     with pytest.raises(UnsafePickleError, match=r"refusing the global `(os|posix)\.system`: a "
                        r"CIFAR-10 batch holds only") as err:
@@ -316,18 +319,34 @@ def test_the_synthetic_images_are_learnable():
     # A short CPU training of a small conv net gets far above chance (0.1) on held-out images:
     # the fixture can show learning in training tests.
     torch.manual_seed(0)
-    x_train, y_train = make_images(200, seed=1)
+    x_train, y_train = make_images(100, seed=1)
     x_test, y_test = make_images(100, seed=2)
     prep = lambda x: normalize(torch.from_numpy(x).reshape(-1, 3, 32, 32))  # noqa: E731
-    model = torch.nn.Sequential(torch.nn.Conv2d(3, 16, 5, stride=2), torch.nn.ReLU(),
-                                torch.nn.AdaptiveAvgPool2d(4), torch.nn.Flatten(),
-                                torch.nn.Linear(256, 10))
-    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 8, 4, stride=4), torch.nn.ReLU(),
+                                torch.nn.AdaptiveAvgPool2d(2), torch.nn.Flatten(),
+                                torch.nn.Linear(32, 10))
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     xs, ys = prep(x_train), torch.from_numpy(y_train)
-    for _ in range(40):
+    for _ in range(30):
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(xs), ys).backward()
         opt.step()
     with torch.no_grad():
         acc = (model(prep(x_test)).argmax(1) == torch.from_numpy(y_test)).float().mean().item()
-    assert acc > 0.6, acc
+    assert acc > 0.6, acc  # 1.0 over seeds 0-3
+
+
+def test_load_benchmark_runs(capsys):
+    # benchmarks/cifar_load.py end to end on a tiny synthetic set (in-process: no second torch).
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "cifar_load.py"
+    spec = importlib.util.spec_from_file_location("cifar_load", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.main(["--per-batch", "20", "--reps", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images"] == {"train": 80, "dev": 20, "test": 20} and result["pairs"] == 2
+    assert result["load_cifar10_folder_s"] > 0 and result["load_cifar10_archive_s"] > 0

@@ -95,8 +95,9 @@ _PDPARAMS_ALLOWED = {
 
 PDPARAMS = PickleFormat("a .pdparams file", "only numpy arrays", _PDPARAMS_ALLOWED)
 # The official files were written by numpy 1.x under Python 2: numpy.core, never numpy._core.
-CIFAR10_BATCH = PickleFormat("a CIFAR-10 batch", "only a numpy uint8 array, numbers and strings",
-                             {k: v for k, v in _NUMPY_ARRAY.items() if k[0] != "numpy._core.multiarray"})
+CIFAR10_BATCH = PickleFormat(
+    "a CIFAR-10 batch", "only a numpy uint8 array, numbers and strings",
+    {k: v for k, v in _NUMPY_ARRAY.items() if k[0] != "numpy._core.multiarray"})
 
 
 # What a damaged (not a malicious) pickle raises while it is read: truncated, garbage, odd opcodes.

@@ -1,13 +1,13 @@
 """The lab's models by name: `build_model(name, in_channels=None, num_classes=10, **kwargs)`.
 
-| name             | model                                                          | kwargs                 |
-|------------------|----------------------------------------------------------------|------------------------|
-| lenet            | LeNet-5 on cnnlab's operators (lab 5.3.2)                      | conv_impl="fast"       |
-| lenet-native     | the same LeNet-5 on torch layers (the lab's Paddle_LeNet)       | -                      |
-| resnet18         | the lab's ResNet18, use_residual=True (lab 5.4.1)              | stem_bias, conv_impl   |
-| resnet18-plain   | the same, use_residual=False (lab 5.4.2)                       | stem_bias, conv_impl   |
-| resnet18-vision  | part 2's library ResNet18 (paddle.vision = torchvision layout) | stem_bias, conv_impl   |
-| resnet18-cifar   | ResNet18 with a 3x3 stride-1 stem and no max-pool (fast recipe)| stem_bias, conv_impl   |
+| name            | model                                                       | kwargs               |
+|-----------------|-------------------------------------------------------------|----------------------|
+| lenet           | LeNet-5 on cnnlab's operators (lab 5.3.2)                   | conv_impl="fast"     |
+| lenet-native    | the same LeNet-5 on torch layers (the lab's Paddle_LeNet)   | -                    |
+| resnet18        | the lab's ResNet18, use_residual=True (lab 5.4.1)           | stem_bias, conv_impl |
+| resnet18-plain  | the same, use_residual=False (lab 5.4.2)                    | stem_bias, conv_impl |
+| resnet18-vision | part 2's library ResNet18 (paddle.vision = torchvision's)   | stem_bias, conv_impl |
+| resnet18-cifar  | ResNet18, 3x3 stride-1 stem, no max-pool (the fast recipe)  | stem_bias, conv_impl |
 
 `in_channels` defaults to 1 (the lab's MNIST images), except for the part-2 models
 `resnet18-vision` and `resnet18-cifar`, whose default is 3 (RGB). ResNet kwargs: `stem_bias`
