@@ -9,7 +9,7 @@
   non-default BN running statistics and affine parameters; a batch of 2 at 64x64 (so the last
   stage sees 2x2 maps and the average pool averages); the largest absolute difference.
 - The part-2 models the same way: `resnet18-vision` vs `resnet18(num_classes=10)`, and
-  `resnet18-cifar` vs that with a 3x3/1 stem conv (no bias) and no max-pool, at 32x32.
+  `resnet18-cifar` vs that with a 3x3/1 stem conv (no bias) and no max-pool, at 16x16.
 
 Everything runs in float64, so a correct implementation differs only by rounding (~1e-15
 relative); the tolerance is 1e-9 relative to the largest reference value, far below any bug.
@@ -101,7 +101,7 @@ def check_lenet(conv_impl: str, batch: int = 4, grads: bool = True, seed: int = 
 _TWINS = {
     "resnet18": ({"in_channels": 3, "num_classes": 1000, "stem_bias": False}, 1000, False, 64),
     "resnet18-vision": ({}, 10, False, 64),
-    "resnet18-cifar": ({}, 10, True, 32),
+    "resnet18-cifar": ({}, 10, True, 16),
 }
 
 
@@ -126,7 +126,8 @@ def _resnet_pair(conv_impl, seed, model="resnet18"):
 def check_resnet18(conv_impl: str = "native", reverse: bool = False, batch: int = 2,
                    size: int | None = None, seed: int = 0, model: str = "resnet18") -> dict:
     """Our ResNet18 (`model`: resnet18, resnet18-vision or resnet18-cifar) vs torchvision's with
-    the same weights; `size` defaults to 64 (7x7 stems: the last stage sees 2x2) or 32 (CIFAR).
+    the same weights; `size` defaults to 64 for the 7x7 stems and 16 for the CIFAR stem, the
+    smallest inputs whose last stage has 2x2 maps (so the average pool averages).
 
     reverse=False: torchvision's weights (BN randomised) loaded into ours; reverse=True: ours
     (BN randomised) loaded into torchvision's. Both loads are strict.
