@@ -23,6 +23,7 @@ from cnnlab.interop import load_paddle_weights, paddle_state_dict, read_pdparams
 from cnnlab.interop.paddle import model_from_pdparams
 from cnnlab.models import build_model, default_input_size
 from cnnlab.models.selfcheck import max_abs_diff, randomize_batchnorm
+from test_paddle_interop import paddle_vision_arrays  # the Paddle-side reference
 
 INPUT = (1, 3, 32, 32)
 
@@ -133,25 +134,13 @@ def test_summary_cli_defaults_to_three_channels(capsys):
 
 
 # ------------------------------------------------------------------------------ Paddle
-def _paddle_vision_arrays(tv):
-    """What paddle.vision's resnet18 state dict holds for torchvision model `tv` (same names,
-    BN _mean/_variance, no num_batches_tracked, Linear weight [in, out])."""
-    out = {}
-    for k, v in tv.state_dict().items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        k = k.replace("running_mean", "_mean").replace("running_var", "_variance")
-        out[k] = (v.T if k == "fc.weight" else v).numpy().copy()
-    return out
-
-
 @pytest.mark.parametrize("name, twin", [("resnet18-vision", torchvision.models.resnet18),
                                         ("resnet18-cifar", cifar_twin)])
 def test_paddle_vision_weights_load_and_match_torchvision(name, twin):
     torch.manual_seed(3)
     tv = randomize_batchnorm(twin(num_classes=10), torch.Generator().manual_seed(3)).eval()
     model = build_model(name).eval()
-    assert load_paddle_weights(model, _paddle_vision_arrays(tv)).layout == "paddle-vision"
+    assert load_paddle_weights(model, paddle_vision_arrays(tv)).layout == "paddle-vision"
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         torch.testing.assert_close(model(x), tv(x), rtol=1e-5, atol=1e-5)

@@ -13,7 +13,7 @@ _WHERE = {
     "TensorLoader": "loader",
     "SOURCE_HELP": "sources", "load_data": "sources", "parse_source": "sources",
     "fetch_cifar10": "fetch",
-    **{name: "cifar10" for name in ("CifarData", "CifarSet", "load_cifar10", "normalize",
+    **{name: "cifar10" for name in ("CifarData", "load_cifar10", "normalize",
                                     "CIFAR10_MEAN", "CIFAR10_LAB_STD", "CIFAR10_STD")},
     **{name: "mnist" for name in ("SPLITS", "ImageSet", "MnistData", "load_mnist",
                                   "preprocess", "read_idx")},
@@ -21,7 +21,7 @@ _WHERE = {
 
 __all__ = ["load_data", "load_mnist", "MnistData", "ImageSet", "TensorLoader", "preprocess",
            "read_idx", "parse_source", "load_image", "prepare_image", "SOURCE_HELP", "SPLITS",
-           "load_cifar10", "CifarData", "CifarSet", "normalize", "fetch_cifar10", "CIFAR10_MEAN",
+           "load_cifar10", "CifarData", "normalize", "fetch_cifar10", "CIFAR10_MEAN",
            "CIFAR10_LAB_STD", "CIFAR10_STD"]
 
 

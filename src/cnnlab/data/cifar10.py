@@ -23,12 +23,13 @@ from __future__ import annotations
 import functools
 import tarfile
 import zlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from cnnlab.data.mnist import ImageSet
 from cnnlab.data.safe_pickle import CIFAR10_BATCH, READ_ERRORS, UnsafePickleError, safe_load
 from cnnlab.data.sources import file_key
 from cnnlab.errors import UserError
@@ -60,42 +61,20 @@ BATCH_FORMAT = ("a CIFAR-10 python batch: a dict with data (uint8 [N, 3072]), la
 
 
 @dataclass(eq=False)
-class CifarSet(torch.utils.data.Dataset):
-    """One part of a split: images uint8 [N,3,32,32] (R, G, B; not normalised), labels int64 [N].
-
-    `indices` are the images' positions in the part's files taken in order (train: data_batch_1
-    rows 0..9,999, then data_batch_2 from 10,000, ...); `files` names those files.
-    """
-
-    images: torch.Tensor
-    labels: torch.Tensor
-    indices: np.ndarray = field(repr=False)
-    files: tuple = ()
-
-    @property
-    def raw(self) -> torch.Tensor:
-        """The images as stored (uint8 [N,3,32,32]), for display; as ImageSet.raw for MNIST."""
-        return self.images
-
-    def __len__(self):
-        return self.labels.shape[0]
-
-    def __getitem__(self, i):
-        return self.images[i], self.labels[i]
-
-
-@dataclass(eq=False)
 class CifarData:
-    """The three parts, as `MnistData`, plus the class names from batches.meta."""
+    """The three parts, as `MnistData`, plus the class names from batches.meta. Each part is an
+    `ImageSet`: images uint8 [N,3,32,32] (R, G, B; not normalised), labels int64 [N]; `raw` is
+    `images`; `indices` count the part's images in its files' order (train: data_batch_1 rows
+    0..9,999, then data_batch_2 from 10,000, ...)."""
 
-    train: CifarSet
-    dev: CifarSet
-    test: CifarSet
+    train: ImageSet
+    dev: ImageSet
+    test: ImageSet
     source: str
     split: str
     classes: tuple
 
-    def part(self, name: str) -> CifarSet:
+    def part(self, name: str) -> ImageSet:
         if name not in PART_FILES:
             raise UserError(f"unknown data part {name!r}: expected train, dev or test")
         return getattr(self, name)
@@ -185,8 +164,8 @@ def _load_cached(kind, where, key):
         arrays = [read_batch(blobs.pop(f), name_of(f), per_batch) for f in files]
         images = np.concatenate([a for a, _ in arrays]).reshape(-1, 3, 32, 32)
         labels = np.concatenate([y for _, y in arrays])
-        sets.append(CifarSet(torch.from_numpy(images), torch.from_numpy(labels),
-                             np.arange(len(labels)), files))
+        images = torch.from_numpy(images)
+        sets.append(ImageSet(images, torch.from_numpy(labels), images, np.arange(len(labels))))
     return sets, classes
 
 

@@ -43,10 +43,12 @@ from cnnlab.data.sources import file_key as _file_key, parse_source as _parse_an
 
 @dataclass(eq=False)
 class ImageSet(torch.utils.data.Dataset):
-    """One part of a split: preprocessed images [N,1,32,32] float32 and labels [N] int64.
+    """One part of a split: the model's images and labels [N] int64.
 
-    `raw` keeps the source images [N,28,28] uint8 (for display); `indices` are the positions of
-    these images in the source (the bundled 5,000, or the file's own list).
+    MNIST: `images` preprocessed float32 [N,1,32,32], `raw` the source images [N,28,28] uint8
+    (for display). CIFAR-10 (`load_cifar10`): `images` uint8 [N,3,32,32], normalised per batch
+    on the training device, and `raw` the same tensor. `indices` are the positions of these
+    images in the source (the bundled 5,000, the file's own list, the part's batches in order).
     """
 
     images: torch.Tensor
