@@ -134,7 +134,7 @@ def test_load_data_dispatches_by_source_kind(synthetic):
     assert isinstance(load_data(f"cifar10:{synthetic.root}"), CifarData)
     assert isinstance(load_data("bundled"), MnistData)
     from cnnlab.data.mnist import load_mnist
-    with pytest.raises(UserError, match="CIFAR-10, not MNIST"):
+    with pytest.raises(UserError, match="is CIFAR-10; this reads MNIST only"):
         load_mnist(f"cifar10:{synthetic.root}")
     with pytest.raises(UserError, match=r"cifar10:PATH"):
         load_data("cifar100:x")
@@ -276,6 +276,17 @@ def test_the_cifar_allow_list_is_narrower_than_the_pdparams_one(copy):
     blob = b"\x80\x02ccollections\nOrderedDict\n)R."
     (copy / "data_batch_1").write_bytes(blob)
     with pytest.raises(UnsafePickleError, match="`collections.OrderedDict`"):
+        load_cifar10(copy)
+
+
+def test_an_allowed_global_cannot_allocate_what_the_file_does_not_hold(copy):
+    # numpy's _reconstruct asked for 2**40 bytes instead of the (0,) numpy always writes.
+    zero = b"K\x00\x85U\x01b"  # BININT1 0, TUPLE1, 'b': _reconstruct's (0,) and dtype code
+    huge = b"\x8a\x06" + (2**40).to_bytes(6, "little") + zero[2:]  # LONG1 2**40
+    blob = py2_dumps(_batch())
+    assert blob.count(zero) == 1
+    (copy / "data_batch_1").write_bytes(blob.replace(zero, huge))
+    with pytest.raises(UserError, match=r"preallocate an array of shape \(1099511627776,\)"):
         load_cifar10(copy)
 
 

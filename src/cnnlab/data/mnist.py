@@ -112,8 +112,8 @@ def parse_source(source: str):
     are not MNIST: `cnnlab.data.load_data` picks the loader by kind."""
     kind, path = _parse_any(source)
     if kind == "cifar10":
-        raise UserError(f"{source} is CIFAR-10, not MNIST: load it with cnnlab.data.load_data "
-                        "or load_cifar10")
+        raise UserError(f"{source} is CIFAR-10; this reads MNIST only (cnnlab.data.load_data "
+                        "reads both)")
     return kind, path
 
 

@@ -46,6 +46,10 @@ def _reconstruct(subtype, shape, dtype):
     # numpy's helper builds an empty array of `subtype`; only plain ndarrays are allowed here.
     if subtype is not np.ndarray:
         raise pickle.UnpicklingError(f"refusing to build an array of type {subtype!r}")
+    # ndarray.__reduce__ always writes shape (0,) and lets BUILD set the real shape with the
+    # data; another shape would only make numpy allocate memory the file never fills.
+    if not (isinstance(shape, tuple) and shape == (0,)):
+        raise pickle.UnpicklingError(f"refusing to preallocate an array of shape {shape!r}")
     return _multiarray._reconstruct(subtype, shape, dtype)
 
 
