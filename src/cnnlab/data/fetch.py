@@ -12,8 +12,8 @@ Steps, each of which must pass before the next:
    (with tarfile's `filter="data"` as a second guard) and read the batches back with the loader.
 4. Rename `cifar-10-batches-py/` into `root`. The archive is not kept (cnnlab reads the folder).
 
-Any failure, Ctrl-C or SIGTERM removes the temp file and folder: `root` holds the complete data
-set or nothing new. Errors are one-line `UserError`s that say what to do.
+Any failure, Ctrl-C or SIGTERM removes the temp file and folder (and `root` when this call
+created it): `root` holds the complete data set or nothing new. Errors are one-line `UserError`s that say what to do.
 """
 
 from __future__ import annotations
@@ -86,11 +86,13 @@ def fetch_cifar10(root=DEFAULT_ROOT, url: str = OFFICIAL_URL, md5: str = OFFICIA
     found = existing(root, md5)
     if found is not None:
         return FetchResult(found, "found", data)
+    created = not root.exists()
     try:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create --root {root}: {err.strerror or err}") from None
     tmp_file = tmp_dir = None
+    done = False
     try:
         with _sigterm_as_interrupt():
             fd, name = tempfile.mkstemp(prefix=f".{ARCHIVE}.", suffix=".part", dir=root)
@@ -104,6 +106,7 @@ def fetch_cifar10(root=DEFAULT_ROOT, url: str = OFFICIAL_URL, md5: str = OFFICIA
             if target.exists():  # appeared while we downloaded
                 raise UserError(f"{target} appeared during the download: remove one and run again")
             os.rename(tmp_dir / FOLDER, target)
+            done = True
     except OSError as err:
         raise UserError(f"cannot write CIFAR-10 into {root}: {err.strerror or err}; free some "
                         "space or pick another --root, then run again") from None
@@ -112,6 +115,9 @@ def fetch_cifar10(root=DEFAULT_ROOT, url: str = OFFICIAL_URL, md5: str = OFFICIA
             tmp_file.unlink(missing_ok=True)
         if tmp_dir is not None:
             shutil.rmtree(tmp_dir, ignore_errors=True)
+        if created and not done:
+            with contextlib.suppress(OSError):
+                root.rmdir()  # only when still empty: --root is as it was
     return FetchResult(target, "downloaded", data)
 
 
