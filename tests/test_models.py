@@ -67,7 +67,7 @@ def test_unknown_model_lists_known_names():
     for name in MODEL_NAMES:
         assert name in str(err.value)
     assert set(MODEL_NAMES) == {"lenet", "lenet-native", "resnet18", "resnet18-plain",
-                                "resnet18-cifar"}
+                                "resnet18-vision", "resnet18-cifar"}
 
 
 @pytest.mark.parametrize("name, kwargs", [
@@ -247,6 +247,10 @@ def test_model_checks_pass_and_have_the_contract_keys():
         assert c["passed"], c
     names = " ".join(c["name"] for c in checks)
     assert "ours->torchvision" in names and "torchvision->ours" in names
+    for model in ("resnet18-vision", "resnet18-cifar"):  # the part-2 models, both ways
+        for direction in ("ours->torchvision", "torchvision->ours"):
+            assert any(c["name"].startswith(f"{model}[native]") and direction in c["name"]
+                       for c in checks), (model, direction)
 
 
 def test_model_checks_can_fail(monkeypatch):

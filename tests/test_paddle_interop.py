@@ -147,6 +147,18 @@ def randomize_bn(model, seed=0):
     return model
 
 
+def paddle_vision_arrays(tv) -> dict:
+    """paddle.vision's ResNet state dict for torchvision model `tv`: torchvision's names, BN
+    _mean/_variance, no num_batches_tracked, fc weight [in, out]."""
+    out = {}
+    for k, v in tv.state_dict().items():
+        if k.endswith("num_batches_tracked"):
+            continue
+        k = k.replace("running_mean", "_mean").replace("running_var", "_variance")
+        out[k] = (v.T if k == "fc.weight" else v).numpy().copy()
+    return out
+
+
 def make(name, seed, **kwargs):
     if name == "lenet":
         kwargs.setdefault("conv_impl", "native")  # same module classes; fastest CPU path
@@ -272,13 +284,7 @@ def test_lab_resnet_names_and_bn_statistics(lab_resnet, name, use_residual):
 def test_paddle_vision_resnet18_against_torchvision():
     torch.manual_seed(3)
     tv = randomize_bn(torchvision.models.resnet18(num_classes=10), 3).eval()
-    # paddle.vision resnet18's state dict: torchvision's names, BN _mean/_variance, fc [in,out].
-    a = {}
-    for k, v in tv.state_dict().items():
-        if k.endswith("num_batches_tracked"):
-            continue
-        k = k.replace("running_mean", "_mean").replace("running_var", "_variance")
-        a[k] = (v.T if k == "fc.weight" else v).numpy().copy()
+    a = paddle_vision_arrays(tv)
     model = make("resnet18", 0, in_channels=3, stem_bias=False)
     assert load_paddle_weights(model, a).layout == "paddle-vision"
     x = torch.randn(1, 3, 32, 32)

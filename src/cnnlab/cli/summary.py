@@ -30,7 +30,8 @@ def parse_input_size(text: str) -> tuple[int, ...]:
 
 
 # Written out so that `cnnlab --help` need not import torch; a test keeps it equal to MODEL_NAMES.
-MODELS_HELP = "one of: lenet, lenet-native, resnet18, resnet18-plain, resnet18-cifar"
+MODELS_HELP = ("one of: lenet, lenet-native, resnet18, resnet18-plain, resnet18-vision, "
+               "resnet18-cifar")
 
 
 def register(sub):
@@ -42,12 +43,14 @@ def register(sub):
             "parameters and FLOPs, then the totals: trainable parameters, BatchNorm running "
             "statistics, the lab's parameter count (both together), FLOPs (the lab's "
             "paddle.flops rules) and MACs (conv + linear). "
-            "Expected: lenet 61,706 params / 423,344 FLOPs; resnet18 11,185,034 / 35,529,728."
+            "Expected: lenet 61,706 params / 423,344 FLOPs; resnet18 11,185,034 / 35,529,728; "
+            "resnet18-vision 11,191,242 / 37,118,976; resnet18-cifar 11,183,562 / 556,660,224."
         ),
     )
     p.add_argument("model", metavar="MODEL", help=MODELS_HELP)
     p.add_argument("--input-size", metavar="B,C,H,W", default=None,
-                   help="input shape (default 1,1,32,32; 1,3,32,32 for resnet18-cifar)")
+                   help="input shape (default 1,1,32,32; 1,3,32,32 for resnet18-vision and "
+                        "resnet18-cifar)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(func=run)
 

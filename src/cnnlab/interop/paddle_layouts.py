@@ -8,7 +8,11 @@ Three layouts (what a `.pdparams` file was saved from):
   `shortcut` + `bn3`; `net.7` linear).
 - `paddle-lenet`: the lab's `Paddle_LeNet` (same names as `Model_LeNet`, `paddle.nn` layers, bias `[P]`).
 - `paddle-vision`: `paddle.vision.models.resnet18` (`conv1` without bias, `bn1`,
-  `layerX.Y.{conv1,bn1,conv2,bn2}`, `layerX.0.downsample.{0,1}`, `fc`).
+  `layerX.Y.{conv1,bn1,conv2,bn2}`, `layerX.0.downsample.{0,1}`, `fc`): cnnlab's
+  `resnet18-vision`; `resnet18-cifar` uses the same names (a paddle.vision ResNet18 whose
+  `conv1` is a 3x3/1 conv and whose `maxpool` is removed: the shapes are checked, not assumed).
+  The lab's own Model_ResNet18 hard-codes the 7x7 stem and max-pool, so a `lab`-layout file of
+  `resnet18-cifar` (stem_bias=True) holds the lab's names with a [64, 3, 3, 3] stem.
 
 Rules shared by all: Paddle's `Linear.weight` is `[in, out]` (PyTorch `[out, in]`); BatchNorm's running
 statistics are `_mean` / `_variance` (PyTorch `running_mean` / `running_var`); PyTorch's
@@ -169,7 +173,8 @@ def guess_source(keys) -> tuple[str, str] | None:
     if "net.0.0.weight" in keys and "net.7.weight" in keys:
         return "resnet", "the lab's Model_ResNet18: use --model resnet18 or resnet18-plain"
     if "layer1.0.conv1.weight" in keys and "fc.weight" in keys:
-        return "resnet", "a paddle.vision ResNet: use --model resnet18"
+        return "resnet", ("a paddle.vision ResNet18: use --model resnet18-vision (7x7 stem) or "
+                          "resnet18-cifar (3x3 stem)")
     if "conv5.weight" in keys and "linear7.weight" in keys:
         return "lenet", "the lab's LeNet: use --model lenet or lenet-native"
     return None

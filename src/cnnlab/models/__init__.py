@@ -1,16 +1,19 @@
 """The lab's models by name: `build_model(name, in_channels=None, num_classes=10, **kwargs)`.
 
-| name             | model                                                          | kwargs                 |
-|------------------|----------------------------------------------------------------|------------------------|
-| lenet            | LeNet-5 on cnnlab's operators (lab 5.3.2)                      | conv_impl="fast"       |
-| lenet-native     | the same LeNet-5 on torch layers (the lab's Paddle_LeNet)       | -                      |
-| resnet18         | the lab's ResNet18, use_residual=True (lab 5.4.1)              | stem_bias, conv_impl   |
-| resnet18-plain   | the same, use_residual=False (lab 5.4.2)                       | stem_bias, conv_impl   |
-| resnet18-cifar   | ResNet18 with a 3x3 stride-1 stem and no max-pool              | stem_bias, conv_impl   |
+| name            | model                                                       | kwargs               |
+|-----------------|-------------------------------------------------------------|----------------------|
+| lenet           | LeNet-5 on cnnlab's operators (lab 5.3.2)                   | conv_impl="fast"     |
+| lenet-native    | the same LeNet-5 on torch layers (the lab's Paddle_LeNet)   | -                    |
+| resnet18        | the lab's ResNet18, use_residual=True (lab 5.4.1)           | stem_bias, conv_impl |
+| resnet18-plain  | the same, use_residual=False (lab 5.4.2)                    | stem_bias, conv_impl |
+| resnet18-vision | part 2's library ResNet18 (paddle.vision = torchvision's)   | stem_bias, conv_impl |
+| resnet18-cifar  | ResNet18, 3x3 stride-1 stem, no max-pool (the fast recipe)  | stem_bias, conv_impl |
 
-`in_channels` defaults to 1 (the lab's MNIST images), except for `resnet18-cifar`, whose default
-is 3 (RGB). ResNet kwargs: `stem_bias=True` (the lab's stem conv has a bias; False gives
-torchvision's layout), `conv_impl="native"` ("fast"/"reference": cnnlab's Conv2D/Pool2D).
+`in_channels` defaults to 1 (the lab's MNIST images), except for the part-2 models
+`resnet18-vision` and `resnet18-cifar`, whose default is 3 (RGB). ResNet kwargs: `stem_bias`
+(True for the lab's own ResNet18, whose stem conv has a bias; False for the part-2 models, as
+torchvision and the CIFAR recipes: a bias before BatchNorm is cancelled by its mean),
+`conv_impl="native"` ("fast"/"reference": cnnlab's Conv2D/Pool2D).
 A wrong name or kwarg raises `cnnlab.errors.UserError`.
 """
 
@@ -20,7 +23,8 @@ from torch import nn
 
 from cnnlab.errors import UserError
 from cnnlab.models.lenet import LeNet, NativeLeNet
-from cnnlab.models.resnet import ResBlock, ResNet18, resnet18, resnet18_cifar, resnet18_plain
+from cnnlab.models.resnet import (ResBlock, ResNet18, resnet18, resnet18_cifar, resnet18_plain,
+                                  resnet18_vision)
 
 CONV_IMPLS = ("fast", "reference", "native")
 
@@ -30,7 +34,8 @@ _REGISTRY = {
     "lenet-native": (NativeLeNet, 1, {}),
     "resnet18": (resnet18, 1, {"stem_bias": True, "conv_impl": "native"}),
     "resnet18-plain": (resnet18_plain, 1, {"stem_bias": True, "conv_impl": "native"}),
-    "resnet18-cifar": (resnet18_cifar, 3, {"stem_bias": True, "conv_impl": "native"}),
+    "resnet18-vision": (resnet18_vision, 3, {"stem_bias": False, "conv_impl": "native"}),
+    "resnet18-cifar": (resnet18_cifar, 3, {"stem_bias": False, "conv_impl": "native"}),
 }
 
 MODEL_NAMES = tuple(_REGISTRY)
@@ -51,7 +56,7 @@ def default_in_channels(name: str) -> int:
 
 
 def default_input_size(name: str) -> tuple[int, int, int, int]:
-    """The lab's input for a model: one 32x32 image, 1 channel (3 for resnet18-cifar)."""
+    """The lab's input for a model: one 32x32 image, 1 channel (3 for the part-2 models)."""
     return (1, default_in_channels(name), 32, 32)
 
 

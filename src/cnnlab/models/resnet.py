@@ -7,7 +7,9 @@ Each size: M' = (M + 2P - U) // S + 1, e.g. 1x32x32 -> 64x16x16 -> 64x8x8 -> ...
 
 Names follow torchvision (`conv1, bn1, layer1.0.conv1, layer2.0.downsample.0, fc`), not the lab's
 (`net.0.0, net.2.0.shortcut, net.2.0.bn3, net.7`), so with `stem_bias=False, in_channels=3,
-num_classes=1000` a torchvision `resnet18()` state dict loads strictly, and back.
+num_classes=1000` a torchvision `resnet18()` state dict loads strictly, and back. The part-2
+builders: `resnet18_vision` is exactly that layout (3 channels, 10 classes); `resnet18_cifar`
+is torchvision's resnet18 with a 3x3/1 stem conv (no bias) and the max-pool removed.
 
 `conv_impl="native"` uses torch layers; "fast" or "reference" put `cnnlab.nn.Conv2D` / `Pool2D` in
 place of every convolution and the max-pool (same parameter names). BatchNorm, adaptive pooling and
@@ -154,6 +156,15 @@ def resnet18_plain(in_channels=1, num_classes=10, stem_bias=True, conv_impl="nat
     return ResNet18(in_channels, num_classes, False, stem_bias, conv_impl)
 
 
-def resnet18_cifar(in_channels=3, num_classes=10, stem_bias=True, conv_impl="native"):
-    """ResNet18 with the CIFAR stem: 3x3 stride-1 conv, no max-pool (not in the lab's part 1)."""
+def resnet18_vision(in_channels=3, num_classes=10, stem_bias=False, conv_impl="native"):
+    """The library ResNet18 of the lab's part 2 (`paddle.vision.models.resnet18`, torchvision's
+    `resnet18`): 7x7/2 stem conv without bias, max-pool; 3x32x32 -> 64x16x16 -> 64x8x8 -> ...
+    -> 512x1x1. The notebook forgot num_classes=10 and trained a 1000-way head; 10 here."""
+    return ResNet18(in_channels, num_classes, True, stem_bias, conv_impl)
+
+
+def resnet18_cifar(in_channels=3, num_classes=10, stem_bias=False, conv_impl="native"):
+    """ResNet18 with the CIFAR stem: 3x3 stride-1 conv without bias, no max-pool, so 32x32
+    inputs keep their size through layer1: 3x32x32 -> 64x32x32 -> ... -> 512x4x4 (the
+    fast recipes' ResNet18: kuangliu/pytorch-cifar, Lightning's baseline; 11,173,962 params)."""
     return ResNet18(in_channels, num_classes, True, stem_bias, conv_impl, stem="cifar")

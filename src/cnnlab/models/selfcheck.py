@@ -8,6 +8,8 @@
   stem_bias=False, 3 channels, 1000 classes; strict loading in both directions; eval mode; random
   non-default BN running statistics and affine parameters; a batch of 2 at 64x64 (so the last
   stage sees 2x2 maps and the average pool averages); the largest absolute difference.
+- The part-2 models the same way: `resnet18-vision` vs `resnet18(num_classes=10)`, and
+  `resnet18-cifar` vs that with a 3x3/1 stem conv (no bias) and no max-pool, at 16x16.
 
 Everything runs in float64, so a correct implementation differs only by rounding (~1e-15
 relative); the tolerance is 1e-9 relative to the largest reference value, far below any bug.
@@ -95,30 +97,47 @@ def check_lenet(conv_impl: str, batch: int = 4, grads: bool = True, seed: int = 
     return results
 
 
-def _resnet_pair(conv_impl, seed):
+# model -> (our build_model kwargs, torchvision's num_classes, CIFAR stem, input size)
+_TWINS = {
+    "resnet18": ({"in_channels": 3, "num_classes": 1000, "stem_bias": False}, 1000, False, 64),
+    "resnet18-vision": ({}, 10, False, 64),
+    "resnet18-cifar": ({}, 10, True, 16),
+}
+
+
+def _resnet_pair(conv_impl, seed, model="resnet18"):
+    """(ours, torchvision's twin) in float64 eval mode; the CIFAR twin is torchvision's resnet18
+    with a 3x3/1 stem conv without bias and no max-pool (as Lightning's CIFAR baseline)."""
     import torchvision
 
     from cnnlab.models import build_model
 
+    kwargs, classes, cifar_stem, _ = _TWINS[model]
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        theirs = torchvision.models.resnet18(weights=None)
-        ours = build_model("resnet18", in_channels=3, num_classes=1000, stem_bias=False,
-                           conv_impl=conv_impl)
+        theirs = torchvision.models.resnet18(weights=None, num_classes=classes)
+        if cifar_stem:
+            theirs.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            theirs.maxpool = nn.Identity()
+        ours = build_model(model, conv_impl=conv_impl, **kwargs)
     return ours.double().eval(), theirs.double().eval()
 
 
 def check_resnet18(conv_impl: str = "native", reverse: bool = False, batch: int = 2,
-                   size: int = 64, seed: int = 0) -> dict:
-    """Our ResNet18 vs torchvision's resnet18 with the same weights.
+                   size: int | None = None, seed: int = 0, model: str = "resnet18") -> dict:
+    """Our ResNet18 (`model`: resnet18, resnet18-vision or resnet18-cifar) vs torchvision's with
+    the same weights; `size` defaults to 64 for the 7x7 stems and 16 for the CIFAR stem, the
+    smallest inputs whose last stage has 2x2 maps (so the average pool averages).
 
     reverse=False: torchvision's weights (BN randomised) loaded into ours; reverse=True: ours
     (BN randomised) loaded into torchvision's. Both loads are strict.
     """
     direction = "ours->torchvision" if reverse else "torchvision->ours"
-    name = f"resnet18[{conv_impl}] vs torchvision resnet18, weights {direction}"
+    twin = "resnet18 (3x3 stem, no max-pool)" if model == "resnet18-cifar" else "resnet18"
+    name = f"{model}[{conv_impl}] vs torchvision {twin}, weights {direction}"
+    size = size or _TWINS.get(model, (None, None, None, 64))[3]
     try:
-        ours, theirs = _resnet_pair(conv_impl, seed)
+        ours, theirs = _resnet_pair(conv_impl, seed, model)
         g = torch.Generator().manual_seed(seed + 1)
         source, target = (ours, theirs) if reverse else (theirs, ours)
         randomize_batchnorm(source, g)
@@ -140,4 +159,7 @@ def run_model_checks() -> list[dict]:
     checks.append(check_resnet18("native"))
     checks.append(check_resnet18("native", reverse=True))
     checks.append(check_resnet18("fast"))
+    for model in ("resnet18-vision", "resnet18-cifar"):
+        checks.append(check_resnet18("native", model=model))
+        checks.append(check_resnet18("native", reverse=True, model=model))
     return checks
