@@ -22,7 +22,7 @@ import torch.nn.functional as F
 
 from cnnlab import nn as cnn
 from cnnlab import ops
-from cnnlab.ops import _conv_dx, _conv_rows, _conv_shift, _conv_unfold, _conv_common, fast_conv
+from cnnlab.ops import _conv_common, _conv_dx, _conv_rows, _conv_shift, _conv_unfold, fast_conv
 
 SEED = 14
 CONV_SWEEP_CASES = 320
@@ -274,6 +274,7 @@ def test_kept_columns_with_smaller_backward_chunks(case, chunk_log):
 
 # Columns bigger than CPU_CHUNK_BYTES: the forward and dW run in several chunks (the buffers are
 # reused from chunk to chunk) and nothing is kept. Few output channels keep them cheap.
+# (The random sweep has a few such cases too; these make sure of it.)
 SEVERAL_CHUNKS_CASES = [
     _case(160, 64, 2, 16, 16, 3, pad=1, algo="unfold", seed=7),
     _case(160, 64, 3, 16, 16, 3, pad=1, algo="im2col", last=True, seed=8),
@@ -287,6 +288,8 @@ def test_several_chunks_match_torch(case, chunk_log):
     forward_chunks, backward_chunks, kept = run_conv_case(case, chunk_log)
     assert not kept and len(forward_chunks) == 1 and forward_chunks[0][1] < case.b, \
         f"expected a forward in several chunks: {forward_chunks}, {case}"
+    assert forward_chunks[0] in backward_chunks, \
+        f"expected dW in the forward's chunks: {backward_chunks}, {case}"
 
 
 def test_issue_14_widened_lenet_conv_trains():

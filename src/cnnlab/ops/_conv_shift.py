@@ -31,10 +31,11 @@ def _chunk(batch, rows_per_image):
 class _Grid:
     """A reused zero-bordered buffer holding a chunk of images padded and flattened to rows."""
 
-    def __init__(self, like, chunk, channels, padded, halo):
+    def __init__(self, like, chunk, channels, padded, halo, zero=True):
         self.hp, self.wp = padded
         self.rows = self.hp * self.wp
-        self.flat = like.new_zeros((chunk * self.rows + halo, channels))
+        self.flat = (like.new_zeros if zero else like.new_empty)((chunk * self.rows + halo,
+                                                                   channels))
 
     def images(self, n):
         """[n, C, Hp, Wp] (channels-last) view of the first n images of the buffer."""
@@ -77,7 +78,9 @@ def _dy_grids(gy, geo, chunk, padded):
     """dY of each chunk on the padded grid, zero at the thrown-away rows (so they contribute
     nothing): yields (b0, b1, rows [n*Mp*Np, P])."""
     b, p, (mo, no) = gy.shape[0], gy.shape[1], geo.out
-    grid = _Grid(gy, chunk, p, padded, 0)
+    grid = _Grid(gy, chunk, p, padded, 0, zero=False)
+    grid.images(chunk)[:, :, mo:].zero_()          # written once: only [:mo, :no] changes
+    grid.images(chunk)[:, :, :mo, no:].zero_()
     for b0, b1 in chunks(b, chunk):
         grid.images(b1 - b0)[:, :, :mo, :no] = gy[b0:b1]
         yield b0, b1, grid.flat[:(b1 - b0) * grid.rows]

@@ -44,6 +44,9 @@ from ._conv_common import Geometry, channels_last, geometry
 ALGORITHMS = ("matmul", "shift", "unfold", "im2col", "pointwise")
 _IMPL = {"matmul": _conv_matmul, "shift": _conv_shift, "unfold": _conv_unfold,
          "im2col": _conv_rows, "pointwise": _conv_rows}
+# Algorithms whose dW and dx both read dY as channels-last rows: when both are needed, dY is
+# transposed once for the two rather than chunk by chunk in each.
+_DY_CHANNELS_LAST = ("im2col", "pointwise")
 
 # Crossovers between the algorithms, measured on every model shape at batch 64 with 1 and 2
 # threads (the figures: benchmarks/README.md). For NCHW inputs "unfold" copies runs of N' output
@@ -104,6 +107,8 @@ class _Conv2d(torch.autograd.Function):
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         impl = _IMPL[ctx.algo]
         gb = gy.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
+        if need_x and need_w and ctx.algo in _DY_CHANNELS_LAST:
+            gy = gy.contiguous(memory_format=torch.channels_last)
         gw = impl.weight_grad(x, weight, gy, ctx.geo, ctx.kept_columns) if need_w else None
         gx = impl.input_grad(x, weight, gy, ctx.geo) if need_x else None
         return gx, gw, gb, None, None
