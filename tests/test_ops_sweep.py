@@ -9,12 +9,14 @@ columns and backward passes chunked differently from the forward all occur. A fa
 case; rerun it alone with `-k "conv-17-"`.
 
 Run on one thread: the results do not depend on it, and where other processes share the cores a
-thread pool waits for descheduled threads (this file took 55 s on two busy cores, 4 s on one).
+thread pool waits for descheduled threads (the conv sweep took 55 s on two threads, 3 s on one,
+with a load average of ~5 on two cores).
 """
 
+import contextlib
 import math
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import pytest
 import torch
@@ -28,7 +30,7 @@ SEED = 14
 CONV_SWEEP_CASES = 320
 POOL_SWEEP_CASES = 160
 MAX_MACS = 32_000_000          # multiply-adds of one forward: keeps each case within ~50 ms
-FLOAT64_MACS = 4_000_000       # float64 where affordable (half the cases at most this big)
+FLOAT64_MACS = 4_000_000       # float64 where affordable: half of the cases at most this big
 # Largest |ours - torch's float64| allowed per element, relative to the sum of the magnitudes of
 # the terms that element adds up (torch's op on |x|, |w|, |dY|): the rounding error of a sum in
 # any order is below n*eps times that, typically eps (float32 6e-8, float64 1e-16); a misplaced
@@ -106,18 +108,15 @@ def _random_conv_case(rng, seed):
                     **fields)
     while case.macs() > MAX_MACS:
         if case.m > lo[0] or case.n > lo[1]:
-            case = _replace(case, m=max(lo[0], case.m * 3 // 4), n=max(lo[1], case.n * 3 // 4))
+            case = replace(case, m=max(lo[0], case.m * 3 // 4), n=max(lo[1], case.n * 3 // 4))
         else:
-            case = _replace(case, d=max(1, case.d // 2), p=max(1, case.p // 2))
+            case = replace(case, d=max(1, case.d // 2), p=max(1, case.p // 2))
     geo = case.geometry()
-    algos = [a for a in fast_conv.ALGORITHMS if fast_conv.applies(a, (b, d, case.m, case.n), geo)]
+    x_shape = (case.b, case.d, case.m, case.n)
+    algos = [a for a in fast_conv.ALGORITHMS if fast_conv.applies(a, x_shape, geo)]
     algo = rng.choice([None, None, *algos])
     dtype = torch.float64 if case.macs() <= FLOAT64_MACS and rng.random() < 0.5 else torch.float32
-    return _replace(case, algo=algo, dtype=dtype)
-
-
-def _replace(case, **changes):
-    return ConvCase(**{**case.__dict__, **changes})
+    return replace(case, algo=algo, dtype=dtype)
 
 
 def conv_sweep():
@@ -160,13 +159,20 @@ def _close(what, ours, ref, magnitude, rtol, case):
                              f"{magnitude[worst]:.3g}; case {case}")
 
 
-def run_conv_case(case, chunk_log=None):
-    """Our conv (fwd + bwd) vs torch's in float64; returns (forward chunks, backward chunks,
-    whether the forward kept its columns for dW). An error names the case."""
+@contextlib.contextmanager
+def naming(case):
+    """An error inside (a crash of our op, not only a mismatch) names the case."""
     try:
-        return _run_conv_case(case, chunk_log)
+        yield
     except RuntimeError as e:
         raise AssertionError(f"{type(e).__name__}: {e}; case {case}") from e
+
+
+def run_conv_case(case, chunk_log=None):
+    """Our conv (fwd + bwd) vs torch's in float64; returns (forward chunks, backward chunks,
+    whether the forward kept its columns for dW)."""
+    with naming(case):
+        return _run_conv_case(case, chunk_log)
 
 
 def _run_conv_case(case, chunk_log):
@@ -204,7 +210,7 @@ def conv_reference(x, w, bias, g, stride, padding, needs):
     """torch's [y, gradients asked for by `needs` (x, w, bias)] in float64, and the magnitudes
     of the sums behind each: the same on |x|, |w|, |bias| and |dY|."""
     def run(values, g):
-        leaves = [t.double().requires_grad_(need) for t, need in zip(values, needs)]
+        leaves = [t.detach().double().requires_grad_(need) for t, need in zip(values, needs)]
         y = F.conv2d(*leaves[:2], leaves[2] if bias is not None else None, stride, padding)
         return [y.detach(), *torch.autograd.grad(y, [t for t in leaves if t.requires_grad], g)]
     absolute = [t.abs() for t in (x, w, bias) if t is not None]
@@ -229,11 +235,10 @@ def test_conv_sweep_covers_what_it_claims():
     assert seen(lambda c: c.kernel[0] == c.kernel[1]) == {True, False}       # rectangular too
     assert seen(lambda c: c.stride[0]) == {1, 2, 3} and seen(lambda c: c.padding[0]) == {0, 1, 2, 3}
     assert seen(lambda c: c.algo) == {None, *fast_conv.ALGORITHMS}
-    assert seen(lambda c: (c.channels_last, c.bias, c.need_x, c.need_w, c.dtype)) >= {
-        (last, bias, nx, nw, dt) for last in (False, True) for bias in (False, True)
-        for nx, nw in ((True, True), (False, True), (True, False))
-        for dt in (torch.float32,)}
-    assert torch.float64 in seen(lambda c: c.dtype)
+    assert seen(lambda c: (c.channels_last, c.bias, c.need_x, c.need_w)) == {
+        (last, bias, need_x, need_w) for last in (False, True) for bias in (False, True)
+        for need_x, need_w in ((True, True), (False, True), (True, False))}
+    assert seen(lambda c: c.dtype) == {torch.float32, torch.float64}
 
 
 def _case(b, d, p, m, n, k, s=1, pad=0, algo=None, last=False, bias=True, seed=0,
@@ -346,9 +351,10 @@ def test_pool_sweep_matches_torch(case):
         x = x.relu()
     fmt = torch.channels_last if case.channels_last else torch.contiguous_format
     ours_x = x.contiguous(memory_format=fmt).requires_grad_()
-    y = ops.pool2d(ours_x, case.kernel, case.stride, case.padding, mode=case.mode)
-    g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
-    (gx,) = torch.autograd.grad(y, [ours_x], g.to(case.dtype).contiguous(memory_format=fmt))
+    with naming(case):
+        y = ops.pool2d(ours_x, case.kernel, case.stride, case.padding, mode=case.mode)
+        g = torch.randn(y.shape, generator=gen, dtype=torch.float64)
+        (gx,) = torch.autograd.grad(y, [ours_x], g.to(case.dtype).contiguous(memory_format=fmt))
 
     def torch_pool(x):
         if case.mode == "max":

@@ -91,23 +91,23 @@ def matrix(t, rows):
     return t.reshape(rows, -1).contiguous()
 
 
-def uncropped(gwk, weight, geo):
+def uncropped(gw_crop, weight, geo):
     """Gradient of the full kernel [P,D,U,V] (contiguous, like the weight) from the cropped
-    kernel's gradient gwk [P,D,U',V'] (any layout): zero at the dropped taps.
+    kernel's gradient gw_crop [P,D,U',V'] (any layout): zero at the dropped taps.
 
     Written one tap at a time so that each copy runs along D (a one-pass copy would run along
     the few taps of a kernel row); a channels-last gradient would only move that copy into
     autograd, which makes .grad match the weight's layout.
     """
-    if gwk.shape == weight.shape and gwk.is_contiguous():
-        return gwk
-    cropped_off = gwk.shape != weight.shape
+    if gw_crop.shape == weight.shape and gw_crop.is_contiguous():
+        return gw_crop
+    cropped_off = gw_crop.shape != weight.shape
     gw = (torch.zeros_like if cropped_off else torch.empty_like)(
         weight, memory_format=torch.contiguous_format)     # a contiguous fill is one memset
     u0, u1, v0, v1 = geo.taps
     for u in range(u0, u1 + 1):
         for v in range(v0, v1 + 1):
-            gw[:, :, u, v] = gwk[:, :, u - u0, v - v0]
+            gw[:, :, u, v] = gw_crop[:, :, u - u0, v - v0]
     return gw
 
 

@@ -28,39 +28,37 @@ def _flat(x, geo, order):
     return x.permute(order).reshape(x.shape[0], -1)
 
 
-def forward(x, weight, bias, geo):
-    """y [B,P,1,1]; nothing kept for dW (x itself is the columns)."""
+def _kernel_in_k_order(weight, geo):
+    """The cropped kernel permuted to K's order [P, ...], that order, and the permutation that
+    brings a tensor in K's order back to [P, D, U, V]."""
     w_crop = cropped(weight, geo)
     order = _order(w_crop)
-    w_mat = matrix(w_crop.permute(order), w_crop.shape[0])              # [P, K]
+    return w_crop.permute(order), order, [order.index(i) for i in range(4)]
+
+
+def forward(x, weight, bias, geo):
+    """y [B,P,1,1]; nothing kept for dW (x itself is the columns)."""
+    w_k, order, _ = _kernel_in_k_order(weight, geo)
+    w_mat = matrix(w_k, w_k.shape[0])                                    # [P, K]
     x_flat = _flat(x, geo, order)
     y = x_flat @ w_mat.t() if bias is None else torch.addmm(bias, x_flat, w_mat.t())
-    return y.view(x.shape[0], w_crop.shape[0], 1, 1), None
-
-
-def _k_shape(w_crop, order):
-    """[P, ...] in K's order, and the permutation that brings it back to [P, D, U, V]."""
-    return w_crop.permute(order).shape, [order.index(i) for i in range(4)]
+    return y.view(x.shape[0], w_k.shape[0], 1, 1), None
 
 
 def weight_grad(x, weight, gy, geo, kept_columns=None):
     """dW = dY^T @ x_flat, [P,D,U,V]."""
-    w_crop = cropped(weight, geo)
-    order = _order(w_crop)
-    shape, inverse = _k_shape(w_crop, order)
+    w_k, order, inverse = _kernel_in_k_order(weight, geo)
     g = gy.reshape(gy.shape[0], -1)                                     # [B, P]
-    gw_crop = (g.t() @ _flat(x, geo, order)).view(shape).permute(inverse)
+    gw_crop = (g.t() @ _flat(x, geo, order)).view(w_k.shape).permute(inverse)
     return uncropped(gw_crop, weight, geo)
 
 
 def input_grad(x, weight, gy, geo):
     """dx = dY @ W, each image's [D, U, V] window put back where it was read."""
-    w_crop = cropped(weight, geo)
-    order = _order(w_crop)
-    shape, inverse = _k_shape(w_crop, order)
+    w_k, _, inverse = _kernel_in_k_order(weight, geo)
     g = gy.reshape(gy.shape[0], -1)                                     # [B, P]
-    w_mat = matrix(w_crop.permute(order), w_crop.shape[0])
-    gx_window = (g @ w_mat).view(x.shape[0], *shape[1:]).permute(inverse)   # [B, D, U, V]
+    w_mat = matrix(w_k, w_k.shape[0])
+    gx_window = (g @ w_mat).view(x.shape[0], *w_k.shape[1:]).permute(inverse)   # [B, D, U, V]
     if not any(geo.pads):
         return gx_window.contiguous()
     gx = x.new_empty(x.shape)

@@ -6,7 +6,7 @@ the image is wide even with few channels (LeNet's conv1 has D = 1, where channel
 be copied one float at a time). Then, per image b (one batched product for the chunk):
     Y_b[P, M'*N'] = W[P, K] @ cols_b[K, M'*N']      already NCHW: no transpose of y
     dW = sum_b dY_b @ cols_b^T                       dY is read in place, NCHW
-    dx: stride 1 and P <= 2D: dY padded, correlated with the flipped kernel (this module's own
+    dx: stride 1 and P <= 2D (or 1x1): dY padded, correlated with the flipped kernel (its own
         forward, no scatter); stride 1, P > 2D and D >= 4: U*V shifted products (see _conv_dx);
         otherwise dcols_b = W^T @ dY_b, scattered back by col2im.
 Per-image products rather than one big [K, n*M'*N'] product, which would need y and dY
