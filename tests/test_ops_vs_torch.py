@@ -170,22 +170,46 @@ def test_fast_conv_chunked_batch(monkeypatch, k, s, pad):
                        lambda x, w, bb: F.conv2d(x, w, bb, s, pad), [x, w, bb])
 
 
-@pytest.mark.parametrize("d,p,expect", [(6, 16, True), (4, 9, True), (3, 64, False),
-                                          (1, 6, False), (8, 16, False)], ids=str)
-def test_shifted_products_dx_is_used_where_documented(monkeypatch, d, p, expect):
+@pytest.mark.parametrize("d,p,route", [(6, 16, "shifted"), (4, 9, "shifted"), (3, 64, "col2im"),
+                                         (1, 6, "col2im"), (8, 16, "transposed")], ids=str)
+def test_unfold_dx_takes_the_documented_route(monkeypatch, d, p, route):
     # unfold's dx, stride 1: shifted products when P > 2D and D >= 4 (LeNet's conv3), col2im for
     # thin D (CIFAR stem, LeNet conv1), the flipped-kernel correlation when P <= 2D. Chunked to
     # one image per chunk, so reused buffers must not leak one image into the next.
     from cnnlab.ops import _conv_dx, _conv_unfold
     calls = []
-    real = _conv_dx.input_grad
-    monkeypatch.setattr(_conv_dx, "input_grad", lambda *a: calls.append(1) or real(*a))
+
+    def spy(module, name, label):
+        real = getattr(module, name)
+        monkeypatch.setattr(module, name, lambda *a: calls.append(label) or real(*a))
+    spy(_conv_dx, "input_grad", "shifted")
+    spy(_conv_unfold, "_col2im_input_grad", "col2im")
+    spy(_conv_unfold, "transposed_input_grad", "transposed")
     monkeypatch.setattr(_conv_common, "CPU_CHUNK_BYTES", 1)
     x, w, bb = conv_inputs(3, d, p, 7, 6, 3, 3)
     helper_test_op(lambda x, w, bb: fast_conv.conv2d(x, w, bb, (1, 1), (1, 1), algo="unfold"),
                    lambda x, w, bb: F.conv2d(x, w, bb, 1, 1), [x, w, bb])
-    assert bool(calls) == expect
-    assert _conv_unfold._conv_dx is _conv_dx
+    assert calls == [route]          # one backward, one dx, by the documented route
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("kernel,stride,out", [((3, 3), (1, 1), (5, 6)), ((2, 3), (2, 1), (4, 3)),
+                                               ((1, 1), (2, 3), (3, 2)), ((5, 2), (3, 3), (2, 2))],
+                         ids=str)
+def test_col2im_matches_torch_fold(layout, kernel, stride, out):
+    # The one col2im of unfold (NCHW columns) and im2col (channels-last rows) is F.fold.
+    n, d, (ku, kv), (sh, sw), (mo, no) = 3, 4, kernel, stride, out
+    # A last row/column the windows never read where the stride skips it (F.fold's size rule).
+    mp, np_ = sh * (mo - 1) + ku + (sh > 1), sw * (no - 1) + kv + (sw > 1)
+    gcols = torch.randn(n, d, ku, kv, mo, no, dtype=torch.float64)
+    if layout == "channels_last":            # rows [n, (i,j), (u,v,d)] as im2col lays them out
+        gcols = gcols.permute(0, 4, 5, 2, 3, 1).contiguous().permute(0, 5, 3, 4, 1, 2)
+        gx_pad = torch.full((n, mp, np_, d), float("nan"), dtype=torch.float64).permute(0, 3, 1, 2)
+    else:
+        gx_pad = torch.full((n, d, mp, np_), float("nan"), dtype=torch.float64)
+    _conv_common.col2im(gcols, gx_pad, stride)
+    expected = F.fold(gcols.reshape(n, d * ku * kv, mo * no), (mp, np_), kernel, stride=stride)
+    torch.testing.assert_close(gx_pad, expected, atol=1e-12, rtol=0)
 
 
 def test_shifted_products_dx_without_weight_grad():

@@ -27,14 +27,14 @@ def conv2d(x, weight, bias=None, stride=1, padding=0, impl="fast"):
     stride and padding: an int or an (h, w) pair. The lab's single-channel form is accepted too:
     x [B,M,N] with a [U,V] kernel (bias: one value) -> [B,M',N'].
     """
-    a = check_conv(x, weight, bias, stride, padding, impl)
+    args = check_conv(x, weight, bias, stride, padding, impl)
     if impl == "native":
-        y = F.conv2d(a.x, a.weight, a.bias, stride=a.stride, padding=a.padding)
+        y = F.conv2d(args.x, args.weight, args.bias, stride=args.stride, padding=args.padding)
     elif impl == "reference":
-        y = reference.conv2d(a.x, a.weight, a.bias, a.stride, a.padding)
+        y = reference.conv2d(args.x, args.weight, args.bias, args.stride, args.padding)
     else:
-        y = fast_conv.conv2d(a.x, a.weight, a.bias, a.stride, a.padding)
-    return y[:, 0] if a.single_channel else y
+        y = fast_conv.conv2d(args.x, args.weight, args.bias, args.stride, args.padding)
+    return y[:, 0] if args.single_channel else y
 
 
 def pool2d(x, kernel_size, stride=None, padding=0, mode="max", impl="fast"):
@@ -43,14 +43,14 @@ def pool2d(x, kernel_size, stride=None, padding=0, mode="max", impl="fast"):
     stride defaults to kernel_size (non-overlapping windows). Max pooling ignores the padding;
     average pooling divides by the full window size U*V, padding included (the lab's mean).
     """
-    a = check_pool(x, kernel_size, stride, padding, mode, impl)
+    args = check_pool(x, kernel_size, stride, padding, mode, impl)
     if impl == "native":
         if mode == "max":
-            y = F.max_pool2d(a.x, a.kernel, a.stride, a.padding)
+            y = F.max_pool2d(args.x, args.kernel, args.stride, args.padding)
         else:
-            y = F.avg_pool2d(a.x, a.kernel, a.stride, a.padding, count_include_pad=True)
+            y = F.avg_pool2d(args.x, args.kernel, args.stride, args.padding, count_include_pad=True)
     elif impl == "reference":
-        y = reference.pool2d(a.x, a.kernel, a.stride, a.padding, mode)
+        y = reference.pool2d(args.x, args.kernel, args.stride, args.padding, mode)
     else:
-        y = fast_pool.pool2d(a.x, a.kernel, a.stride, a.padding, mode)
-    return y[0] if a.unbatched else y
+        y = fast_pool.pool2d(args.x, args.kernel, args.stride, args.padding, mode)
+    return y[0] if args.unbatched else y

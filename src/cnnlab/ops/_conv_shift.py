@@ -17,14 +17,10 @@ from __future__ import annotations
 
 import torch
 
-from ._conv_common import channels_last, cropped, place, uncropped, unplace
+from ._conv_common import channels_last, chunks, cropped, place, uncropped, unplace
 
-# Padded-grid rows per chunk (whole images). Small blocks keep the accumulated block of Y or dX
-# in cache (8192 rows: 1.4x native at 64 channels on 32x32, one thread, idle machine) but cost
-# 27 products per block; when other processes share the two cores every product is a fork/join
-# that may wait for a descheduled thread, and 8192-row blocks measured 7.3x native vs 2.3x for
-# one block of the whole batch. One block up to 131072 rows (the batch of 64 at 32x32) is
-# within 1.2x of the best in both conditions, with peak memory ~1.1x native's.
+# Padded-grid rows per chunk (whole images): one block up to the batch of 64 at 32x32, because
+# every product is a thread-pool fork/join, costly on shared cores (benchmarks/README.md).
 BLOCK_ROWS = 1 << 17
 
 
@@ -35,10 +31,11 @@ def _chunk(batch, rows_per_image):
 class _Grid:
     """A reused zero-bordered buffer holding a chunk of images padded and flattened to rows."""
 
-    def __init__(self, like, chunk, channels, padded, halo):
+    def __init__(self, like, chunk, channels, padded, halo, zero=True):
         self.hp, self.wp = padded
         self.rows = self.hp * self.wp
-        self.flat = like.new_zeros((chunk * self.rows + halo, channels))
+        self.flat = (like.new_zeros if zero else like.new_empty)((chunk * self.rows + halo,
+                                                                   channels))
 
     def images(self, n):
         """[n, C, Hp, Wp] (channels-last) view of the first n images of the buffer."""
@@ -51,63 +48,71 @@ def _format(x):
 
 
 def forward(x, weight, bias, geo):
-    wk = cropped(weight, geo)
-    p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
+    """y [B,P,M',N'] = sum_(u,v) X[r + u*Np + v] @ W_uv^T on each chunk's grid; nothing kept."""
+    w_crop = cropped(weight, geo)
+    p, d, (ku, kv), (mo, no) = w_crop.shape[0], w_crop.shape[1], geo.kernel, geo.out
     b = x.shape[0]
     mp, np_ = geo.padded(*x.shape[2:])
-    halo = (ku - 1) * np_ + kv - 1
     chunk = _chunk(b, mp * np_)
-    xg, yg = _Grid(x, chunk, d, (mp, np_), halo), _Grid(x, chunk, p, (mp, np_), 0)
-    taps = [(u * np_ + v, wk[:, :, u, v].t().contiguous()) for u in range(ku) for v in range(kv)]
+    x_grid = _Grid(x, chunk, d, (mp, np_), (ku - 1) * np_ + kv - 1)
+    y_grid = _Grid(x, chunk, p, (mp, np_), 0)
+    taps = [(u * np_ + v, w_crop[:, :, u, v].t().contiguous())
+            for u in range(ku) for v in range(kv)]
     y = torch.empty((b, p, mo, no), dtype=x.dtype, device=x.device, memory_format=_format(x))
-    for b0 in range(0, b, chunk):
-        n = min(b, b0 + chunk) - b0
-        place(xg.images(n), x[b0:b0 + n], geo.pads)
-        r = n * xg.rows
-        acc = yg.flat[:r]
-        (o, w0), rest = taps[0], taps[1:]
+    for b0, b1 in chunks(b, chunk):
+        place(x_grid.images(b1 - b0), x[b0:b1], geo.pads)
+        r = (b1 - b0) * x_grid.rows
+        acc = y_grid.flat[:r]
+        (o, w_first), rest = taps[0], taps[1:]
         if bias is None:
-            torch.mm(xg.flat[o:o + r], w0, out=acc)
+            torch.mm(x_grid.flat[o:o + r], w_first, out=acc)
         else:
-            torch.addmm(bias, xg.flat[o:o + r], w0, out=acc)
-        for o, wt in rest:
-            acc.addmm_(xg.flat[o:o + r], wt)                   # Y += X shifted by (u,v) @ W_uv^T
-        y[b0:b0 + n] = yg.images(n)[:, :, :mo, :no]
+            torch.addmm(bias, x_grid.flat[o:o + r], w_first, out=acc)
+        for o, w_uv_t in rest:
+            acc.addmm_(x_grid.flat[o:o + r], w_uv_t)          # Y += X shifted by (u,v) @ W_uv^T
+        y[b0:b1] = y_grid.images(b1 - b0)[:, :, :mo, :no]
     return y, None
 
 
-def backward(x, weight, gy, geo, need_x, need_w, kept=None):
-    wk = cropped(weight, geo)
-    p, d, (ku, kv), (mo, no) = wk.shape[0], wk.shape[1], geo.kernel, geo.out
-    b, m, n_ = x.shape[0], *x.shape[2:]
-    mp, np_ = geo.padded(m, n_)
-    halo = (ku - 1) * np_ + kv - 1
-    chunk = _chunk(b, mp * np_)
+def _dy_grids(gy, geo, chunk, padded):
+    """dY of each chunk on the padded grid, zero at the thrown-away rows (so they contribute
+    nothing): yields (b0, b1, rows [n*Mp*Np, P])."""
+    b, p, (mo, no) = gy.shape[0], gy.shape[1], geo.out
+    grid = _Grid(gy, chunk, p, padded, 0, zero=False)
+    grid.images(chunk)[:, :, mo:].zero_()          # written once: only [:mo, :no] changes
+    grid.images(chunk)[:, :, :mo, no:].zero_()
+    for b0, b1 in chunks(b, chunk):
+        grid.images(b1 - b0)[:, :, :mo, :no] = gy[b0:b1]
+        yield b0, b1, grid.flat[:(b1 - b0) * grid.rows]
+
+
+def weight_grad(x, weight, gy, geo, kept_columns=None):
+    """dW_uv = sum_r X[r + u*Np + v]^T @ dY[r], [P,D,U,V]."""
+    p, d, (ku, kv) = weight.shape[0], x.shape[1], geo.kernel
+    mp, np_ = geo.padded(*x.shape[2:])
+    chunk = _chunk(x.shape[0], mp * np_)
+    x_grid = _Grid(x, chunk, d, (mp, np_), (ku - 1) * np_ + kv - 1)
+    gw_taps = x.new_zeros((ku * kv, d, p))
     offsets = [u * np_ + v for u in range(ku) for v in range(kv)]
-    # dY on the padded grid, zero at the thrown-away rows (so they contribute nothing).
-    gg = _Grid(x, chunk, p, (mp, np_), 0)
-    gw = gx = None
-    if need_w:
-        xg = _Grid(x, chunk, d, (mp, np_), halo)
-        gwt = x.new_zeros((ku * kv, d, p))
-    if need_x:
-        dg = _Grid(x, chunk, d, (mp, np_), halo)
-        wts = [wk[:, :, u, v].contiguous() for u in range(ku) for v in range(kv)]
-        gx = torch.empty_like(x, memory_format=_format(x))
-    for b0 in range(0, b, chunk):
-        n = min(b, b0 + chunk) - b0
-        r = n * gg.rows
-        gg.images(n)[:, :, :mo, :no] = gy[b0:b0 + n]
-        g = gg.flat[:r]
-        if need_w:
-            place(xg.images(n), x[b0:b0 + n], geo.pads)
-            for t, o in enumerate(offsets):
-                gwt[t].addmm_(xg.flat[o:o + r].t(), g)          # dW_uv += X_shifted^T @ dY
-        if need_x:
-            dg.flat.zero_()
-            for o, wt in zip(offsets, wts):
-                dg.flat[o:o + r].addmm_(g, wt)                  # dX_shifted += dY @ W_uv
-            unplace(gx[b0:b0 + n], dg.images(n), geo.pads)
-    if need_w:
-        gw = uncropped(gwt.view(ku, kv, d, p).permute(3, 2, 0, 1), weight, geo)
-    return gx, gw
+    for b0, b1, g in _dy_grids(gy, geo, chunk, (mp, np_)):
+        place(x_grid.images(b1 - b0), x[b0:b1], geo.pads)
+        for t, o in enumerate(offsets):
+            gw_taps[t].addmm_(x_grid.flat[o:o + g.shape[0]].t(), g)   # dW_uv += X_shifted^T dY
+    return uncropped(gw_taps.view(ku, kv, d, p).permute(3, 2, 0, 1), weight, geo)
+
+
+def input_grad(x, weight, gy, geo):
+    """dX[r + u*Np + v] += dY[r] @ W_uv, [B,D,M,N]."""
+    w_crop = cropped(weight, geo)
+    d, (ku, kv) = x.shape[1], geo.kernel
+    mp, np_ = geo.padded(*x.shape[2:])
+    chunk = _chunk(x.shape[0], mp * np_)
+    gx_grid = _Grid(x, chunk, d, (mp, np_), (ku - 1) * np_ + kv - 1)
+    taps = [(u * np_ + v, w_crop[:, :, u, v].contiguous()) for u in range(ku) for v in range(kv)]
+    gx = torch.empty_like(x, memory_format=_format(x))
+    for b0, b1, g in _dy_grids(gy, geo, chunk, (mp, np_)):
+        gx_grid.flat.zero_()
+        for o, w_uv in taps:
+            gx_grid.flat[o:o + g.shape[0]].addmm_(g, w_uv)            # dX_shifted += dY @ W_uv
+        unplace(gx[b0:b1], gx_grid.images(b1 - b0), geo.pads)
+    return gx

@@ -17,8 +17,9 @@ products if D >= 4 (see _conv_dx), else by col2im.
 
 Never calls torch's convolution kernels: only copies into padded buffers, as_strided window views,
 matmul, index_add and sums. The batch is processed in chunks whose buffers are allocated once per
-call and reused; large columns are recomputed in the backward rather than stored (a copy is
-cheaper than keeping U*V times the input alive), small ones (<= 10 MiB) are kept.
+call and reused; large columns are recomputed for dW rather than stored (a copy is cheaper than
+keeping U*V times the input alive), small ones (<= 10 MiB, the whole batch) are kept. dW and dx
+are computed separately (`weight_grad`, `input_grad` of each algorithm), each in its own chunks.
 
 Algorithms (`choose_algorithm`; any can be forced with `algo=` where it applies):
 - "matmul"   the cropped kernel covers the whole padded input: y = x_flat @ W^T on a view of x.
@@ -43,17 +44,18 @@ from ._conv_common import Geometry, channels_last, geometry
 ALGORITHMS = ("matmul", "shift", "unfold", "im2col", "pointwise")
 _IMPL = {"matmul": _conv_matmul, "shift": _conv_shift, "unfold": _conv_unfold,
          "im2col": _conv_rows, "pointwise": _conv_rows}
+# Algorithms whose dW and dx both read dY as channels-last rows: when both are needed, dY is
+# transposed once for the two rather than chunk by chunk in each.
+_DY_CHANNELS_LAST = ("im2col", "pointwise")
 
-# For NCHW inputs, "unfold" copies runs of N' output pixels, "im2col" runs of D channels plus
-# NCHW <-> NHWC transposes of x, y, dY and dx. Measured (batch 64, every model shape, 1 and 2
-# threads) unfold wins while D <= 4 N' (LeNet, the stems: 2-3x) and, on maps at least 16 wide,
-# while D <= 8 N' (128 channels at 16x16: 1.5x vs 1.9x native); im2col wins on ResNet's 8x8 and
-# smaller maps with 64+ channels.
+# Crossovers between the algorithms, measured on every model shape at batch 64 with 1 and 2
+# threads (the figures: benchmarks/README.md). For NCHW inputs "unfold" copies runs of N' output
+# pixels, "im2col" runs of D channels plus NCHW <-> NHWC transposes: unfold while D <= 4 N', or
+# 8 N' on maps at least 16 wide; im2col on small maps with many channels.
 UNFOLD_CHANNELS_PER_PIXEL = 4
 UNFOLD_CHANNELS_PER_PIXEL_WIDE = 8          # for N' >= SHIFT_MIN_WIDTH
-# "shift" skips im2col entirely but multiplies with K = D per tap: it wins where the columns
-# copy is as costly as the products, i.e. wide maps (N' >= 16) with 16..64 channels (measured
-# 1.5-1.8x vs 2.0-2.3x native on 64 channels at 32x32); few channels make its products thin.
+# "shift" skips im2col but multiplies with K = D per tap: it wins where the columns copy costs as
+# much as the products (wide maps, 16..64 channels); few channels make its products thin.
 SHIFT_CHANNELS = (16, 64)
 SHIFT_MIN_WIDTH = 16
 
@@ -86,11 +88,16 @@ def applies(algo: str, x_shape, geo: Geometry) -> bool:
 
 
 class _Conv2d(torch.autograd.Function):
+    """Each algorithm module has forward(x, weight, bias, geo) -> (y, kept_columns),
+    weight_grad(x, weight, dY, geo, kept_columns) -> dW and input_grad(x, weight, dY, geo) -> dx;
+    kept_columns is batch-first ([B, ...]) or None."""
+
     @staticmethod
     def forward(ctx, x, weight, bias, geo, algo):
         ctx.save_for_backward(x, weight)
         ctx.geo, ctx.algo, ctx.has_bias = geo, algo, bias is not None
-        y, ctx.kept = _IMPL[algo].forward(x, weight, bias, geo)    # kept: reusable columns
+        y, columns = _IMPL[algo].forward(x, weight, bias, geo)
+        ctx.kept_columns = columns if ctx.needs_input_grad[1] else None   # only dW reads them
         return y
 
     @staticmethod
@@ -98,10 +105,12 @@ class _Conv2d(torch.autograd.Function):
     def backward(ctx, gy):
         x, weight = ctx.saved_tensors
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
+        impl = _IMPL[ctx.algo]
         gb = gy.sum(dim=(0, 2, 3)) if need_b and ctx.has_bias else None
-        gx = gw = None
-        if need_x or need_w:
-            gx, gw = _IMPL[ctx.algo].backward(x, weight, gy, ctx.geo, need_x, need_w, ctx.kept)
+        if need_x and need_w and ctx.algo in _DY_CHANNELS_LAST:
+            gy = gy.contiguous(memory_format=torch.channels_last)
+        gw = impl.weight_grad(x, weight, gy, ctx.geo, ctx.kept_columns) if need_w else None
+        gx = impl.input_grad(x, weight, gy, ctx.geo) if need_x else None
         return gx, gw, gb, None, None
 
 

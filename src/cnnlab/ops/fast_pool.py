@@ -12,11 +12,11 @@ Never calls torch's pooling kernels: pad, as_strided views, one copy, reductions
 one lookup and one scatter-add.
 The windows are copied tap-major, taps[t] = x[.., S*i+u, S*j+v] for t = (u,v), so that the copy
 runs along a row of outputs and the reduction over the U*V taps is an elementwise max/sum of
-whole planes (vectorised). Reducing over a trailing window axis instead, or along a strided
-view, is 3-25x slower (measured: 64x6x28x28, 2x2/2: copy+amax 0.8 ms vs 5.4 ms on the view).
+whole planes (vectorised; reducing over a trailing window axis or a strided view is not).
 Average pooling needs no copy of the windows at all: sums of strided views forward (separable:
 columns, then rows); backward a contiguous broadcast copy over tiles (stride == kernel, no
 padding: LeNet's pools), else adds through strided views.
+Each choice was measured against the alternative: benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
 from ._checks import out_size
+from ._conv_common import window_pixels
 
 
 def _pad(x, padding, value):
@@ -35,10 +36,10 @@ def _pad(x, padding, value):
     return x if ph == pw == 0 else F.pad(x, (pw, pw, ph, ph), value=value)
 
 
-def _tap_view(xp, kernel, stride, out):
-    """View [U, V, B, C, M', N'] of the windows of xp, tap-major (no copy)."""
-    sb, sc, sm, sn = xp.stride()
-    return xp.as_strided((*kernel, *xp.shape[:2], *out),
+def _tap_view(x_pad, kernel, stride, out):
+    """View [U, V, B, C, M', N'] of the windows of x_pad, tap-major (no copy)."""
+    sb, sc, sm, sn = x_pad.stride()
+    return x_pad.as_strided((*kernel, *x_pad.shape[:2], *out),
                          (sm, sn, sb, sc, sm * stride[0], sn * stride[1]))
 
 
@@ -50,35 +51,22 @@ def _taps(x, kernel, stride, padding, value):
     return view.reshape(kernel[0] * kernel[1], *x.shape[:2], *out), out
 
 
-# The index tables depend only on the geometry; building them is ~10 tiny tensor operations
-# (~0.15 ms, measured), 10% of a LeNet-sized pool, so each geometry's are built once. Callers
-# only read them.
+# The index tables depend only on the geometry (a dozen tiny tensor operations, a noticeable
+# part of a LeNet-sized pool), so each geometry's are built once. Callers only read them.
 @functools.lru_cache(maxsize=64)
-def _input_pixels(kernel, stride, padding, out, width, device):
-    """Flat index (row * padded width + column) in the padded plane of tap t of window (i, j):
-    [U*V, M'*N'] (small: one row of indices per tap, shared by every image and channel)."""
-    (ku, kv), (sh, sw), (mo, no) = kernel, stride, out
-    rows = torch.arange(ku, device=device).view(ku, 1, 1, 1) + \
-        sh * torch.arange(mo, device=device).view(1, 1, mo, 1)
-    cols = torch.arange(kv, device=device).view(1, kv, 1, 1) + \
-        sw * torch.arange(no, device=device).view(1, 1, 1, no)
-    return (rows * width + cols).view(ku * kv, mo * no)
-
-
-@functools.lru_cache(maxsize=64)
-def _winner_table(kernel, stride, padding, out, width, device):
+def _winner_table(kernel, stride, out, width, device):
     """Offset of the winning tap in its window by rank = T - tap ([T+1], rank 0 unused), and the
-    flat index of each window's first pixel [M'*N']."""
-    pixels = _input_pixels(kernel, stride, padding, out, width, device)
+    flat index of each window's first pixel [M'*N'] in the padded plane `width` wide."""
+    pixels = window_pixels(kernel, stride, out, width, device).view(kernel[0] * kernel[1], -1)
     offset = (pixels[:, 0] - pixels[0, 0]).flip(0)
     return torch.cat([offset.new_zeros(1), offset]), pixels[0]
 
 
-def _unpad(gxp, padding):
+def _unpad(gx_pad, padding):
     ph, pw = padding
     if ph == pw == 0:
-        return gxp
-    return gxp[:, :, ph:gxp.shape[2] - ph, pw:gxp.shape[3] - pw].contiguous()
+        return gx_pad
+    return gx_pad[:, :, ph:gx_pad.shape[2] - ph, pw:gx_pad.shape[3] - pw].contiguous()
 
 
 @functools.lru_cache(maxsize=16)
@@ -92,10 +80,9 @@ class _MaxPool(torch.autograd.Function):
     def forward(ctx, x, kernel, stride, padding):
         taps, out = _taps(x, kernel, stride, padding, float("-inf"))
         # amax plus the winner found by comparisons, not taps.max(dim=0): torch's max-with-index
-        # over a leading axis is not vectorised (measured, 64x6x28x28 2x2/2, one thread: max 1.5
-        # ms, amax 0.08 ms, compare + weight + amax 0.4 ms). Weighting the taps that equal the
-        # max by T, T-1, ..., 1 (uint8) and taking the largest picks the FIRST winning tap on
-        # ties (windows of ReLU zeros), which is where torch's max-pool sends the gradient too.
+        # over a leading axis is not vectorised. Weighting the taps that equal the max by T,
+        # T-1, ..., 1 (uint8) and taking the largest picks the FIRST winning tap on ties
+        # (windows of ReLU zeros), which is where torch's max-pool sends the gradient too.
         y = taps.amax(dim=0)
         t = taps.shape[0]
         hit = taps >= y                      # == y (y is the max); >= is the faster kernel
@@ -113,14 +100,14 @@ class _MaxPool(torch.autograd.Function):
         width, size = n + 2 * pw, (m + 2 * ph) * (n + 2 * pw)
         # Input pixel of each window's winner = the window's first pixel + the winning tap's
         # offset (a lookup in a table of T+1 entries indexed by rank: index_select with int32
-        # indices, 2x faster than a 2-D gather), then one scatter-add of dY there (overlapping
+        # indices, faster than a 2-D gather), then one scatter-add of dY there (overlapping
         # windows may share a winner).
-        table, first = _winner_table(kernel, stride, (ph, pw), out, width, gy.device)
+        table, first = _winner_table(kernel, stride, out, width, gy.device)
         L = out[0] * out[1]
         winner = table.index_select(0, rank.view(-1).int()).view(b * c, L) + first
-        gxp = gy.new_zeros((b * c, size))
-        gxp.scatter_add_(1, winner, gy.reshape(b * c, L))
-        return _unpad(gxp.view(b, c, m + 2 * ph, width), (ph, pw)), None, None, None
+        gx_pad = gy.new_zeros((b * c, size))
+        gx_pad.scatter_add_(1, winner, gy.reshape(b * c, L))
+        return _unpad(gx_pad.view(b, c, m + 2 * ph, width), (ph, pw)), None, None, None
 
 
 def _tiled(kernel, stride, padding):
@@ -128,15 +115,14 @@ def _tiled(kernel, stride, padding):
     return tuple(stride) == tuple(kernel) and tuple(padding) == (0, 0)
 
 
-def _window_sum(xp, kernel, stride, out):
-    """Sum over the U x V windows of xp as sums of strided views, separably: the V column taps
+def _window_sum(x_pad, kernel, stride, out):
+    """Sum over the U x V windows of x_pad as sums of strided views, separably: the V column taps
     first ([B,C,M,N']), then the U row taps of that ([B,C,M',N']). No copy of the windows:
-    U+V-2 adds; 2x faster than the tap copy + mean at 64x6x28x28 2x2/2 (0.23 vs 0.50 ms, one
-    thread) and 1.6x at 64x64x16x16 3x3/2 (3.7 vs 6.0 ms, two threads)."""
+    U+V-2 adds (faster than the tap copy + mean)."""
     (ku, kv), (sh, sw), (mo, no) = kernel, stride, out
-    r = xp[..., :, 0:sw * (no - 1) + 1:sw]
+    r = x_pad[..., :, 0:sw * (no - 1) + 1:sw]
     for v in range(1, kv):
-        r = r + xp[..., :, v:v + sw * (no - 1) + 1:sw]
+        r = r + x_pad[..., :, v:v + sw * (no - 1) + 1:sw]
     y = r[..., 0:sh * (mo - 1) + 1:sh, :]
     for u in range(1, ku):
         y = y + r[..., u:u + sh * (mo - 1) + 1:sh, :]
@@ -157,33 +143,31 @@ class _AvgPool(torch.autograd.Function):
         (b, c, m, n), (ku, kv), stride, (ph, pw), out = ctx.geo
         if _tiled((ku, kv), stride, (ph, pw)):
             # Tiles: dY/(U*V) repeated V times along a row, then each row U times, written
-            # contiguously (a broadcast copy; 1.5x faster than a write through the strided
-            # window view, measured 64x6x28x28 2x2/2: 0.7 vs 1.1 ms); pixels left over by
-            # M % U, N % V get zeros.
+            # contiguously (a broadcast copy, faster than a write through the strided window
+            # view); pixels left over by M % U, N % V get zeros.
             g = (gy / (ku * kv)).repeat_interleave(kv, dim=3)
             g = g[:, :, :, None, :].expand(b, c, out[0], ku, out[1] * kv)
             g = g.reshape(b, c, out[0] * ku, out[1] * kv)
             if g.shape[2:] != (m, n):
                 g = F.pad(g, (0, n - g.shape[3], 0, m - g.shape[2]))
             return g, None, None, None
-        gxp = gy.new_empty((b, c, m + 2 * ph, n + 2 * pw))
+        gx_pad = gy.new_empty((b, c, m + 2 * ph, n + 2 * pw))
         if stride[0] >= ku and stride[1] >= kv:
             # Windows do not overlap: one broadcast write of dY/(U*V) into all of them at once.
             if stride != (ku, kv) or (m + 2 * ph, n + 2 * pw) != (out[0] * ku, out[1] * kv):
-                gxp.zero_()
+                gx_pad.zero_()
             torch.div(gy.expand(ku, kv, *gy.shape), ku * kv,
-                      out=_tap_view(gxp, (ku, kv), stride, out))
+                      out=_tap_view(gx_pad, (ku, kv), stride, out))
         else:
             g = gy / (ku * kv)
             # Overlapping: each tap (u, v) adds dY/(U*V) to its pixels through a strided view,
-            # U*V adds (1.2x faster than one index_add over precomputed pixel indices at
-            # 64x64x16x16 3x3/2 p1, measured: 4.8 vs 6.0 ms).
-            gxp.zero_()
+            # U*V adds (faster here than one index_add over the window pixels).
+            gx_pad.zero_()
             (mo, no), (sh, sw) = out, stride
             for u in range(ku):
                 for v in range(kv):
-                    gxp[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += g
-        return _unpad(gxp, (ph, pw)), None, None, None
+                    gx_pad[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += g
+        return _unpad(gx_pad, (ph, pw)), None, None, None
 
 
 def pool2d(x, kernel, stride, padding, mode):
