@@ -24,6 +24,9 @@ LAB_DEFAULTS = {
 }
 OPTIMIZERS = ("sgd", "adam")
 LOADERS = ("tensor", "torch")
+# a word of a field's annotation -> the Python types it accepts (a bool is no int or float here)
+_ANNOTATION_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                     "dict": (dict,), "None": (type(None),)}
 
 
 @dataclass
@@ -99,6 +102,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Rebuild from `to_dict()` output, ignoring keys this version does not know."""
+        """Rebuild from `to_dict()` output, ignoring keys this version does not know; a known
+        key with a value of the wrong type is a UserError."""
+        problem = cls.type_problem(d)
+        if problem:
+            raise UserError(f"config field {problem}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def type_problem(cls, d: dict) -> str | None:
+        """'epochs must be int, got str' for the first field of `d` whose value has the wrong
+        type for its annotation (None when all fit; unknown keys are not looked at)."""
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            words = [w.strip() for w in str(f.type).split("|")]
+            value = d[f.name]
+            accepted = tuple(t for w in words for t in _ANNOTATION_TYPES[w])
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+                return f"{f.name} must be {' or '.join(words)}, got {type(value).__name__} {value!r}"
+        return None
