@@ -51,7 +51,7 @@ def test_nan_loss_stops_at_that_step(tmp_path, capsys, poison):
     assert f"non-finite training loss (nan) at step {K} (epoch 2, batch 3 of 6)" in err
     assert "last.pt holds step 6" in err
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt"]
     assert load_checkpoint(run / "last.pt")["step"] == 6  # the epoch-1 end, before step K
     _all_finite(run)
 

@@ -71,11 +71,25 @@ def state(path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
+def run_ids(folder) -> dict:
+    """{file: the run id it records} for a run directory's checkpoints and JSON files."""
+    folder = Path(folder)
+    ids = {name: load_checkpoint(folder / name).get("run_id") for name in ("best.pt", "last.pt")
+           if (folder / name).exists()}
+    for name in ("history.json", "run.json"):
+        if (folder / name).exists():
+            ids[name] = json.loads((folder / name).read_text()).get("run_id")
+    return ids
+
+
 def assert_same_run(a, b, files=("best.pt", "last.pt")):
-    """Two run directories hold the same histories, test figures and weights, bit for bit."""
+    """Two run directories hold the same histories, test figures and weights, bit for bit (and
+    each directory's files carry one run id, its own)."""
     a, b = Path(a), Path(b)
+    ids_a, ids_b = run_ids(a), run_ids(b)
+    assert len(set(ids_a.values())) == 1 and len(set(ids_b.values())) == 1, (ids_a, ids_b)
     ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
-    for key in ha:
+    for key in set(ha) - {"run_id"}:
         assert ha[key] == hb[key], f"history '{key}' differs: {ha[key]} vs {hb[key]}"
     ra, rb = (json.loads((d / "run.json").read_text())["results"] for d in (a, b))
     for key in ("test_acc", "test_loss", "best_dev_score", "best_step", "steps", "train_epoch_losses"):

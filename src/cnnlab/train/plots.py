@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.errors import UserError
+from cnnlab.atomic import write_figure
 
 
 def _pairs(items):
@@ -46,9 +46,4 @@ def plot_training_loss_acc(history, path, fig_size=(16, 6), sample_step=20,
         ax.legend(loc=acc_legend_loc, fontsize="x-large")
     if title:
         fig.suptitle(title, fontsize=fontsize)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    except OSError as err:
-        raise UserError(f"cannot write figure {path}: {err.strerror or err}") from err
-    return path
+    return write_figure(path, fig)
