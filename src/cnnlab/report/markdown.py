@@ -5,29 +5,8 @@ relative paths. `render_report(results) -> str`; the sections are in `sections.p
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
-from cnnlab.report import sections
-
-
-def fmt(v, digits=4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def mark(ok) -> str:
-    return "–" if ok is None else ("**met**" if ok else "**missed**")
+from cnnlab.report import sections, training_section
+from cnnlab.report.markdown_helpers import fmt, machine_line, mark, plus_minus, table
 
 
 def render_report(results: dict) -> str:
@@ -42,9 +21,9 @@ def render_report(results: dict) -> str:
         else:
             out.append(render(phase, results).rstrip() + "\n")
     out.append("## Time and memory\n")
-    out.append(sections.render_budget(results).rstrip() + "\n")
+    out.append(training_section.render_budget(results).rstrip() + "\n")
     out.append("## What differs from the lab\n")
-    out.append(sections.render_differences(results).rstrip() + "\n")
+    out.append(training_section.render_differences(results).rstrip() + "\n")
     return "\n".join(out)
 
 
@@ -62,7 +41,7 @@ def _title(results) -> str:
                   "below are NOT comparable with the lab's. Run without `--quick` for the real "
                   "reproduction.", ""]
     lines += [f"Command: `{cmd}`  ", f"Written: {env.get('date', '–')}  ",
-              f"Machine: {sections.machine_line(env)}", "",
+              f"Machine: {machine_line(env)}", "",
               "Each figure is shown beside **the lab's published one** (" + lab.LAB_SOURCE + ") "
               "and, where it exists, **the original Paddle code's measured one** ("
               + lab.ORIGINAL_SOURCE + ").", ""]
@@ -80,7 +59,7 @@ def _summary(results) -> str:
         acc = t["stats"]["test_acc"]
         ours = fmt(t["runs"][0]["test_acc"])
         if len(t["runs"]) > 1:
-            ours += f" (mean {sections.pm(acc['mean'], acc['std'])})"
+            ours += f" (mean {plus_minus(acc['mean'], acc['std'])})"
         rows.append([f"{spec['title']}: test accuracy", ours, fmt(spec["lab"]["test_acc"]),
                      fmt(spec["original"]["test_acc"], 3),
                      f"≥ {spec['bar']:.2f}: {mark(t['bar_met'])}"])

@@ -16,14 +16,15 @@ Phases (each timed; its result goes into results.json under its key):
     prediction         10. the lab's prediction demo (predict.png)
     matmul             the FLOP/s this CPU sustains on a large float32 matmul (for the floor)
 
-Then report.md, results.json and run.json are written into `out`.
+Then report.md, results.json and run.json are written into `out` (atomically). The folder is
+locked while the command runs; an earlier reproduce's output there is replaced, a folder that
+holds a `cnnlab train` run is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -32,7 +33,9 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.atomic import DirectoryLock, write_json, write_text
 from cnnlab.errors import UserError
+from cnnlab.runinfo import peak_rss_bytes
 from cnnlab.report import lab_figures as lab
 from cnnlab.report import phases, trainings
 from cnnlab.report import torchvision_check
@@ -113,19 +116,6 @@ def measure_matmul(n: int = 2048, seconds: float = 1.0) -> dict:
     return {"n": n, "runs": runs, "flops_per_s": 2 * n ** 3 / best, "threads": torch.get_num_threads()}
 
 
-def peak_rss() -> dict:
-    """Peak resident set size (ru_maxrss, KiB on Linux) of this process, and of its children.
-
-    The only children are short helpers such as `uname -p` (via `platform`), forked from this
-    process: their ru_maxrss counts the parent's pages they inherit, not new memory, so the
-    peak is this process's own figure (DataLoader workers are not used: loader "tensor").
-    """
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
-    return {"self_bytes": own, "children_bytes": children, "peak_bytes": own}
-
-
 def _check_out(out: Path) -> None:
     try:
         out.mkdir(parents=True, exist_ok=True)
@@ -133,6 +123,19 @@ def _check_out(out: Path) -> None:
         raise UserError(f"cannot create output folder {out}: {err.strerror or err}") from None
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} is not a writable folder")
+    foreign = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+    if (out / "run.json").exists() and _command_of(out / "run.json") != "cnnlab reproduce":
+        foreign.append("run.json")
+    if foreign:
+        raise UserError(f"{out} holds a `cnnlab train` run ({', '.join(foreign)}), not the output "
+                        "of an earlier reproduce: choose another --out")
+
+
+def _command_of(run_json: Path):
+    try:
+        return json.loads(run_json.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _console(quiet: bool):
@@ -147,8 +150,13 @@ def reproduce(options: ReproduceOptions) -> dict:
 
     resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
     _check_out(options.out)
+    with DirectoryLock(options.out):  # one reproduce at a time in a folder
+        return _run_phases(options)
+
+
+def _run_phases(options: ReproduceOptions) -> dict:
     started = time.perf_counter()
-    after_imports = peak_rss()["self_bytes"]  # torch + torchvision loaded by this module's imports
+    after_imports = peak_rss_bytes()  # torch + torchvision loaded by this module's imports
     ctx = Context(options, _console(options.quiet))
     timings = []
     for i, (key, title, fn) in enumerate(PHASES, start=1):
@@ -164,7 +172,7 @@ def reproduce(options: ReproduceOptions) -> dict:
             ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
         dt = time.perf_counter() - t
         timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
-                        "peak_rss_bytes": peak_rss()["self_bytes"]})
+                        "peak_rss_bytes": peak_rss_bytes()})
         ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
     total = time.perf_counter() - started
     results = {
@@ -174,7 +182,11 @@ def reproduce(options: ReproduceOptions) -> dict:
         "timings": timings,
         "total_wall_s": total,
         "process_wall_s": _process_wall_s(),
-        "resources": {**peak_rss(), "after_imports_bytes": after_imports},
+        # The only children are short helpers such as `uname -p` (via `platform`), forked from
+        # this process: their peak counts the parent's pages they inherit, not new memory, so
+        # the peak is this process's own (DataLoader workers are not used: loader "tensor").
+        "resources": {"peak_bytes": peak_rss_bytes(), "children_bytes": peak_rss_bytes(children=True),
+                      "after_imports_bytes": after_imports},
         "environment": environment(),
     }
     results["budget"] = trainings.budget(results)
@@ -223,9 +235,9 @@ def _write_outputs(ctx, results) -> None:
     from cnnlab.report.markdown import render_report
 
     out = ctx.out
-    _write_json(out / "results.json", results)
-    _write_json(out / "run.json", run_info(ctx.options, results))
-    (out / "report.md").write_text(render_report(results))
+    write_json(out / "results.json", results)
+    write_json(out / "run.json", run_info(ctx.options, results))
+    write_text(out / "report.md", render_report(results))
 
 
 def run_info(options, results) -> dict:
@@ -246,19 +258,3 @@ def environment() -> dict:
     except OSError:
         pass
     return env
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
+from cnnlab.report.markdown_helpers import table
 
 
 def _table(rows, name):
-    from cnnlab.report.sections import table
-
     return table(["layer shape", "where", "native ms", f"{name} ms", f"{name} / native",
                   "algorithm"],
                  [[f"`{r['shape'].strip()}`", r["where"], f"{r['native_ms']:.2f}",
@@ -27,8 +26,6 @@ def _reference(ref) -> list[str]:
 
 
 def _whole(m, orig) -> str:
-    from cnnlab.report.sections import table
-
     return table(["LeNet-5 forward, one 1×32×32 image", "loops", "native", "loops / native"], [
         ["cnnlab (torch, the lab's loops as `reference`)", f"{m['reference_ms']:.1f} ms",
          f"{m['native_ms']:.2f} ms", f"**{m['ratio']:,.0f}×**"],

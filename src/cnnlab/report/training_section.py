@@ -4,12 +4,7 @@ budget, and what differs from the lab."""
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
-from cnnlab.report.sections import fmt, pm, table
-
-
-def _mark(ok):
-    return "–" if ok is None else ("**met**" if ok else "**missed**")
-
+from cnnlab.report.markdown_helpers import fmt, mark, plus_minus, relative_to, table
 
 def render(p, results) -> str:
     runs, st = p["runs"], p["stats"]
@@ -22,13 +17,13 @@ def render(p, results) -> str:
     settings = (f"SGD, lr {p['lr']}, batch {cfg.get('batch_size', 64)}, "
                 f"{cfg.get('epochs', 5)} epochs, log/eval every {cfg.get('eval_steps', 15)} steps, "
                 f"seed{'s' if multi else ''} {seeds}, initial weights {init}; run directory "
-                + ", ".join(f"`{_rel(r['run_dir'], results)}/`" for r in runs[:3])
+                + ", ".join(f"`{relative_to(r['run_dir'], results['options']['out'])}/`" for r in runs[:3])
                 + (" …" if len(runs) > 3 else ""))
 
     def ours(key, digits=4):
         v = fmt(first[key], digits)
         if multi:
-            v += f" (mean {pm(st[key]['mean'], st[key]['std'], digits)})"
+            v += f" (mean {plus_minus(st[key]['mean'], st[key]['std'], digits)})"
         return v
 
     label = f"cnnlab (seed {first['seed']})" if multi else "cnnlab"
@@ -42,9 +37,9 @@ def render(p, results) -> str:
     ]
     out = [f"Settings (the lab's, unchanged): {settings}.", "",
            table(["", label, "lab (published)", "original code (measured)"], rows), "",
-           f"The issue's bar, test accuracy ≥ {p['bar']:.2f}: {_mark(p['bar_met'])} "
+           f"The issue's bar, test accuracy ≥ {p['bar']:.2f}: {mark(p['bar_met'])} "
            f"({fmt(first['test_acc'])} with seed {first['seed']}"
-           + (f"; mean over seeds {pm(st['test_acc']['mean'], st['test_acc']['std'])}" if multi else "")
+           + (f"; mean over seeds {plus_minus(st['test_acc']['mean'], st['test_acc']['std'])}" if multi else "")
            + ").", ""]
     if multi:
         out += [table(["seed", "best dev", "test acc", "test loss", "wall s"],
@@ -55,16 +50,6 @@ def render(p, results) -> str:
     if p["model"] == "resnet18":
         out += [render_claim(results)]
     return "\n".join(out)
-
-
-def _rel(path, results) -> str:
-    from pathlib import Path
-
-    out = Path(results["options"]["out"])
-    try:
-        return Path(path).relative_to(out).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 def render_claim(results) -> str:
@@ -81,8 +66,8 @@ def render_claim(results) -> str:
     se = c["binomial_se"]
     lines = [head, table(["", "plain", "residual", "residual − plain"], [
         ["test accuracy" + (" (mean ± std)" if c["n_seeds"] > 1 else ""),
-         pm(plain.get("mean"), plain.get("std")), pm(resid.get("mean"), resid.get("std")),
-         pm(c["mean_diff"], c.get("std_diff"))]]), ""]
+         plus_minus(plain.get("mean"), plain.get("std")), plus_minus(resid.get("mean"), resid.get("std")),
+         plus_minus(c["mean_diff"], c.get("std_diff"))]]), ""]
     note = (f"one test image is {1 / c['n_test']:.3f} of accuracy, and the sampling error of "
             f"one accuracy on {c['n_test']} images is about ±{se:.3f} (binomial standard error)")
     if c["n_seeds"] == 1:
@@ -118,10 +103,10 @@ def render_budget(results) -> str:
              table(["", "cnnlab", "original code", "target (issue 3)", ""], [
                  ["wall time, whole command", f"{b['command_wall_s']:.1f} s",
                   f"{lab.ORIGINAL_TOTAL_S:.0f} s (the 3 trainings)",
-                  f"≤ {lab.TARGET_TOTAL_S:.0f} s", _mark(b["time_met"])],
+                  f"≤ {lab.TARGET_TOTAL_S:.0f} s", mark(b["time_met"])],
                  ["peak RSS", f"{b['peak_rss_gb']:.2f} GB",
                   f"{lab.ORIGINAL_PEAK_RSS_GB} GB (custom LeNet)", f"≤ {lab.TARGET_RSS_GB} GB",
-                  _mark(b["rss_met"])]]), "",
+                  mark(b["rss_met"])]]), "",
              f"Speed-up over the original code: {b['speedup_vs_original']:.1f}×. Peak RSS is "
              "`getrusage(RUSAGE_SELF).ru_maxrss` of this process; it starts at "
              f"{_baseline(results)} after importing torch and torchvision. No worker processes "
