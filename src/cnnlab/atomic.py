@@ -101,8 +101,13 @@ def write_figure(path, figure, **savefig_kwargs) -> Path:
     """A matplotlib `Figure` rendered to memory in the format of `path`'s suffix, then written
     atomically (savefig straight to `path` would leave half a PNG on a crash)."""
     path = Path(path)
+    kind = path.suffix.lstrip(".").lower() or "png"
+    formats = figure.canvas.get_supported_filetypes()
+    if kind not in formats:
+        raise UserError(f"cannot write {path}: no figure format '.{kind}'; use one of "
+                        + ", ".join(f".{f}" for f in sorted(formats)))
     buf = io.BytesIO()
-    figure.savefig(buf, format=path.suffix.lstrip(".") or "png", **savefig_kwargs)
+    figure.savefig(buf, format=kind, **savefig_kwargs)
     return atomic_write(path, [buf.getbuffer()])
 
 
@@ -115,6 +120,8 @@ def write_error(path: Path, err: OSError) -> UserError:
         reason = "file too large for this file system or size limit"
     elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
         reason = f"folder {path.parent} is not writable ({err.strerror})"
+    elif err.errno == errno.EISDIR or path.is_dir():
+        return UserError(f"cannot write {path}: it is a directory")
     elif err.errno in (errno.ENOTDIR, errno.EEXIST) and not path.parent.is_dir():
         reason = f"{_first_file_above(path)} is a file, not a folder"
     return UserError(f"cannot write {path}: {reason}; any previous {path.name} is unchanged")

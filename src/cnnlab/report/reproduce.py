@@ -117,6 +117,8 @@ def measure_matmul(n: int = 2048, seconds: float = 1.0) -> dict:
 
 
 def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:

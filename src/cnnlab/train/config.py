@@ -10,6 +10,7 @@ its ResNet18 with Adam, lr 0.001, weight decay 0.005: those are `resnet18-cifar`
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from cnnlab.errors import UserError
@@ -81,8 +82,11 @@ class TrainConfig:
         checks = [
             (isinstance(self.epochs, int) and self.epochs >= 0, "epochs", "an integer >= 0"),
             (isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "an integer > 0"),
-            (self.lr is None or self.lr > 0, "lr", "a number > 0"),
-            (self.weight_decay is None or self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0"),
+            (self.weight_decay is None or (math.isfinite(self.weight_decay) and self.weight_decay >= 0),
+             "weight_decay", "a finite number >= 0"),
+            (isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed",
+             "an integer in 0..2**63-1"),
             (self.optimizer is None or self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS)),
             (isinstance(self.log_steps, int) and self.log_steps >= 0, "log_steps", "an integer >= 0"),
             (isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "an integer >= 0"),
