@@ -67,6 +67,15 @@ def one_thread():
         torch.use_deterministic_algorithms(False)
 
 
+def _no_constant(name):
+    raise ValueError(f"not JSON: the bare constant {name}")
+
+
+def load_json_strict(path):
+    """A JSON file parsed as strict JSON: NaN, Infinity and -Infinity are errors, not numbers."""
+    return json.loads(Path(path).read_text(), parse_constant=_no_constant)
+
+
 def state(path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
@@ -78,7 +87,7 @@ def run_ids(folder) -> dict:
            if (folder / name).exists()}
     for name in ("history.json", "run.json"):
         if (folder / name).exists():
-            ids[name] = json.loads((folder / name).read_text()).get("run_id")
+            ids[name] = load_json_strict(folder / name).get("run_id")
     return ids
 
 
@@ -88,10 +97,10 @@ def assert_same_run(a, b, files=("best.pt", "last.pt")):
     a, b = Path(a), Path(b)
     ids_a, ids_b = run_ids(a), run_ids(b)
     assert len(set(ids_a.values())) == 1 and len(set(ids_b.values())) == 1, (ids_a, ids_b)
-    ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
+    ha, hb = (load_json_strict(d / "history.json") for d in (a, b))
     for key in set(ha) - {"run_id"}:
         assert ha[key] == hb[key], f"history '{key}' differs: {ha[key]} vs {hb[key]}"
-    ra, rb = (json.loads((d / "run.json").read_text())["results"] for d in (a, b))
+    ra, rb = (load_json_strict(d / "run.json")["results"] for d in (a, b))
     for key in ("test_acc", "test_loss", "best_dev_score", "best_step", "steps", "train_epoch_losses"):
         assert ra[key] == rb[key], key
     for name in files:
