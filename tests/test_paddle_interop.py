@@ -483,6 +483,32 @@ def test_convert_paddle_writes_a_usable_checkpoint(tmp_path, rng, capsys):
     torch.testing.assert_close(model.eval()(x), lab_lenet_forward(a, x), rtol=1e-5, atol=1e-5)
 
 
+def test_recorded_sha256_is_of_the_bytes_parsed(tmp_path, rng, monkeypatch):
+    """Issue 14, bug 6: the file is read once; its hash is of what was parsed, even when the
+    file changes right after (here: overwritten by another model while it is being parsed)."""
+    import hashlib
+
+    import cnnlab.interop.paddle as paddle
+
+    src = paddle_save(lab_lenet_arrays(rng), tmp_path / "best_model.pdparams")
+    original = src.read_bytes()
+    real_load = paddle.safe_load
+
+    def load_then_replace(data):
+        arrays = real_load(data)
+        paddle_save(lab_lenet_arrays(np.random.default_rng(99)), src)  # the file changes now
+        return arrays
+
+    monkeypatch.setattr(paddle, "safe_load", load_then_replace)
+    model, payload, _ = paddle.model_from_pdparams(src, "lenet")
+    assert src.read_bytes() != original
+    assert payload["config"]["source"]["sha256"] == hashlib.sha256(original).hexdigest()
+    expected = {k: torch.from_numpy(v) for k, v in pickle.loads(original).items()
+                if k != "StructuredToParameterName@@"}
+    torch.testing.assert_close(model.state_dict()["conv1.weight"], expected["conv1.weight"],
+                               rtol=0, atol=0)  # the weights are the original file's too
+
+
 def test_convert_paddle_reads_model_kwargs_off_the_file(tmp_path, capsys):
     torch.manual_seed(0)
     tv = torchvision.models.resnet18(num_classes=1000)  # what the lab's CIFAR notebook trained
