@@ -345,5 +345,5 @@ def read_weights_file(path, model_name: str, layout: str | None = None) -> tuple
         name, kwargs = check_model(payload, path)
         state = payload["state_dict"]
         description = f"{path} ({name} checkpoint)"
-    wanted = {k: v for k, v in kwargs.items() if k == "stem_bias" and model_name.startswith("resnet")}
-    return state, wanted, description
+    resnet = model_name.startswith("resnet")
+    return state, {k: v for k, v in kwargs.items() if k == "stem_bias" and resnet}, description

@@ -49,32 +49,32 @@ def _title(results) -> str:
 
 
 def _summary(results) -> str:
-    ph = results["phases"]
+    phases = results["phases"]
     rows = []
     for name in lab.TRAINING_ORDER:
-        t = ph.get(f"train:{name}") or {}
-        if "runs" not in t:
+        training = phases.get(f"train:{name}") or {}
+        if "runs" not in training:
             continue
         spec = lab.TRAININGS[name]
-        acc = t["stats"]["test_acc"]
-        ours = fmt(t["runs"][0]["test_acc"])
-        if len(t["runs"]) > 1:
+        acc = training["stats"]["test_acc"]
+        ours = fmt(training["runs"][0]["test_acc"])
+        if len(training["runs"]) > 1:
             ours += f" (mean {plus_minus(acc['mean'], acc['std'])})"
         rows.append([f"{spec['title']}: test accuracy", ours, fmt(spec["lab"]["test_acc"]),
                      fmt(spec["original"]["test_acc"], 3),
-                     f"≥ {spec['bar']:.2f}: {mark(t['bar_met'])}"])
-    b = results.get("budget", {})
-    rows.append(["whole run, wall time", f"{fmt(b.get('command_wall_s'), 1)} s", "–",
+                     f"≥ {spec['bar']:.2f}: {mark(training['bar_met'])}"])
+    budget = results.get("budget", {})
+    rows.append(["whole run, wall time", f"{fmt(budget.get('command_wall_s'), 1)} s", "–",
                  f"{lab.ORIGINAL_TOTAL_S:.0f} s (3 trainings)",
-                 f"≤ {lab.TARGET_TOTAL_S:.0f} s: {mark(b.get('time_met'))}"])
-    rows.append(["peak RSS", f"{fmt(b.get('peak_rss_gb'), 2)} GB", "–",
+                 f"≤ {lab.TARGET_TOTAL_S:.0f} s: {mark(budget.get('time_met'))}"])
+    rows.append(["peak RSS", f"{fmt(budget.get('peak_rss_gb'), 2)} GB", "–",
                  f"{lab.ORIGINAL_PEAK_RSS_GB} GB (custom LeNet)",
-                 f"≤ {lab.TARGET_RSS_GB} GB: {mark(b.get('rss_met'))}"])
-    checks = [("operator worked examples", (ph.get("ops") or {}).get("examples")),
-              ("operator checks vs torch", (ph.get("ops") or {}).get("all_passed")),
-              ("LeNet shapes", (ph.get("shape_walk") or {}).get("all_match")),
-              ("ResNet18 vs torchvision", ((ph.get("torchvision_check") or {}).get("proper") or {})
-               .get("passed"))]
+                 f"≤ {lab.TARGET_RSS_GB} GB: {mark(budget.get('rss_met'))}"])
+    checks = [("operator worked examples", (phases.get("ops") or {}).get("examples")),
+              ("operator checks vs torch", (phases.get("ops") or {}).get("all_passed")),
+              ("LeNet shapes", (phases.get("shape_walk") or {}).get("all_match")),
+              ("ResNet18 vs torchvision",
+               ((phases.get("torchvision_check") or {}).get("proper") or {}).get("passed"))]
     lines = ["## Summary", "", table(["", "cnnlab", "lab (published)", "original code (measured)",
                                       "issue's bar"], rows), ""]
     done = []
@@ -82,7 +82,7 @@ def _summary(results) -> str:
         if isinstance(value, list):
             value = all(r.get("match") for r in value) if value else None
         done.append(f"{label}: {'pass' if value else ('–' if value is None else 'FAIL')}")
-    claim = b.get("residual_claim", {})
+    claim = budget.get("residual_claim", {})
     lines += ["Checks: " + "; ".join(done) + ".  ",
               f"The lab's claim \"residual beats plain\": **{claim.get('verdict', '–')}** "
               "(section 8).", ""]

@@ -1,7 +1,8 @@
 """Markdown helpers shared by every section of report.md (the modules above import only these).
 
-    fmt(0.87) -> "0.8700"     table(header, rows) -> a Markdown table     mark(True) -> "**met**"
-    plus_minus(0.9, 0.01) -> "0.9000 ± 0.0100"   shape_text([1, 6]) -> "[1, 6]"   sci(1e-7) -> "1.0e-07"
+    fmt(0.87) -> "0.8700"    table(header, rows) -> a Markdown table    mark(True) -> "**met**"
+    plus_minus(0.9, 0.01) -> "0.9000 ± 0.0100"    shape_text([1, 6]) -> "[1, 6]"
+    sci(1e-7) -> "1.0e-07"    relative_to(path, folder)    machine_line(environment)
 """
 
 from __future__ import annotations

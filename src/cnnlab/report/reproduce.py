@@ -188,7 +188,8 @@ def _run_phases(options: ReproduceOptions) -> dict:
         # The only children are short helpers such as `uname -p` (via `platform`), forked from
         # this process: their peak counts the parent's pages they inherit, not new memory, so
         # the peak is this process's own (DataLoader workers are not used: loader "tensor").
-        "resources": {"peak_bytes": peak_rss_bytes(), "children_bytes": peak_rss_bytes(children=True),
+        "resources": {"peak_bytes": peak_rss_bytes(),
+                      "children_bytes": peak_rss_bytes(children=True),
                       "after_imports_bytes": after_imports},
         "environment": environment(),
     }
@@ -204,24 +205,26 @@ def _summary_table(results):
     """The headline figures for the terminal: ours beside the lab's and the original code's."""
     from rich.table import Table
 
-    t = Table(title="cnnlab reproduce", show_lines=False)
+    table = Table(title="cnnlab reproduce", show_lines=False)
     for col in ("", "cnnlab", "lab", "original code", "bar"):
-        t.add_column(col, justify="left" if not col else "right")
+        table.add_column(col, justify="left" if not col else "right")
     for name in lab.TRAINING_ORDER:
-        ph = results["phases"].get(f"train:{name}") or {}
-        if "runs" not in ph:
-            t.add_row(f"{name} test acc", "failed", "", "", "")
+        training = results["phases"].get(f"train:{name}") or {}
+        if "runs" not in training:
+            table.add_row(f"{name} test acc", "failed", "", "", "")
             continue
-        spec, acc = lab.TRAININGS[name], ph["runs"][0]["test_acc"]
-        t.add_row(f"{name} test acc", f"{acc:.4f}", f"{spec['lab']['test_acc']:.4f}",
-                  f"{spec['original']['test_acc']:.3f}",
-                  f"≥ {spec['bar']:.2f} {'met' if ph['bar_met'] else 'MISSED'}")
-    b = results["budget"]
-    t.add_row("wall time", f"{b['command_wall_s']:.1f} s", "", f"{lab.ORIGINAL_TOTAL_S:.0f} s",
-              f"≤ {lab.TARGET_TOTAL_S:.0f} s {'met' if b['time_met'] else 'MISSED'}")
-    t.add_row("peak RSS", f"{b['peak_rss_gb']:.2f} GB", "", f"{lab.ORIGINAL_PEAK_RSS_GB} GB",
-              f"≤ {lab.TARGET_RSS_GB} GB {'met' if b['rss_met'] else 'MISSED'}")
-    return t
+        spec, acc = lab.TRAININGS[name], training["runs"][0]["test_acc"]
+        table.add_row(f"{name} test acc", f"{acc:.4f}", f"{spec['lab']['test_acc']:.4f}",
+                      f"{spec['original']['test_acc']:.3f}",
+                      f"≥ {spec['bar']:.2f} {'met' if training['bar_met'] else 'MISSED'}")
+    budget = results["budget"]
+    table.add_row("wall time", f"{budget['command_wall_s']:.1f} s", "",
+                  f"{lab.ORIGINAL_TOTAL_S:.0f} s",
+                  f"≤ {lab.TARGET_TOTAL_S:.0f} s {'met' if budget['time_met'] else 'MISSED'}")
+    table.add_row("peak RSS", f"{budget['peak_rss_gb']:.2f} GB", "",
+                  f"{lab.ORIGINAL_PEAK_RSS_GB} GB",
+                  f"≤ {lab.TARGET_RSS_GB} GB {'met' if budget['rss_met'] else 'MISSED'}")
+    return table
 
 
 def _process_wall_s():

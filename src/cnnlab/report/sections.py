@@ -10,24 +10,26 @@ from cnnlab.report.markdown_helpers import array_text, fmt, sci, shape_text, tab
 
 # ------------------------------------------------------------------------------ sections
 
-def render_data(p, results) -> str:
-    s = p["sizes"]
-    return (f"Source: {p['source']}; split `{p['split']}`: {s['train']:,} train / {s['dev']:,} dev / "
-            f"{s['test']:,} test images, preprocessed once to float32 {shape_text(p['image_shape'])} "
+def render_data(phase, results) -> str:
+    sizes = phase["sizes"]
+    return (f"Source: {phase['source']}; split `{phase['split']}`: {sizes['train']:,} train / "
+            f"{sizes['dev']:,} dev / {sizes['test']:,} test images, preprocessed once to float32 "
+            f"{shape_text(phase['image_shape'])} "
             "(PIL bilinear resize 28→32, then (x − 127.5)/127.5, as the lab). The lab used the "
             "first 1000/200/200 images of its own `mnist.json.gz`, which is not public.\n")
 
 
-def render_ops(p, results) -> str:
+def render_ops(phase, results) -> str:
     rows = []
-    for r in p["examples"]:
+    for r in phase["examples"]:
         if r["key"] == "conv_shapes":
             lab_v = f"{shape_text(r['lab']['stride1'])}, {shape_text(r['lab']['stride2'])}"
-            vals = [f"{shape_text(r[i]['stride1'])}, {shape_text(r[i]['stride2'])}" for i in ("reference", "fast")]
+            vals = [f"{shape_text(r[i]['stride1'])}, {shape_text(r[i]['stride2'])}"
+                    for i in ("reference", "fast")]
         elif r["key"] == "conv_multichannel":
             lab_v = "3 × " + array_text(r["lab"][0])
-            vals = [("3 × " + array_text(r[i][0])) if all(c == r[i][0] for c in r[i]) else array_text(r[i])
-                    for i in ("reference", "fast")]
+            vals = [("3 × " + array_text(r[i][0])) if all(c == r[i][0] for c in r[i])
+                    else array_text(r[i]) for i in ("reference", "fast")]
         else:
             lab_v = array_text(r["lab"])
             vals = [array_text(r[i]) for i in ("reference", "fast")]
@@ -37,7 +39,7 @@ def render_ops(p, results) -> str:
            table(["example", "lab printed", "cnnlab reference", "cnnlab fast", "equal"], rows), "",
            "Equivalence with torch (`torch.nn.functional`), outputs and gradients, largest "
            "absolute difference:", ""]
-    checks = p["checks"]
+    checks = phase["checks"]
     crow = [[c["name"], sci(c["max_abs_diff"]), sci(c["tolerance"]),
              "pass" if c["passed"] else "**FAIL**"] for c in checks]
     worst = max((c for c in checks if c["max_abs_diff"] is not None),
@@ -52,19 +54,21 @@ def render_ops(p, results) -> str:
     return "\n".join(out)
 
 
-def render_edges(p, results) -> str:
-    return (f"![Laplacian edge detection]({p['image']})\n\n"
+def render_edges(phase, results) -> str:
+    return (f"![Laplacian edge detection]({phase['image']})\n\n"
             f"The 8-neighbour Laplacian kernel [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]] applied with our "
-            f"convolution to a bundled test digit (a {p['digit_label']}) resized to 256×256, as the "
-            f"lab did with its own `number.jpg`: input {shape_text(p['input_shape'])} → feature map "
-            f"{shape_text(p['output_shape'])} (no padding), values {p['output_range'][0]:.0f} to "
-            f"{p['output_range'][1]:.0f}. The outline of the digit stands out, as in the lab.\n")
+            f"convolution to a bundled test digit (a {phase['digit_label']}) resized to 256×256, as "
+            f"the lab did with its own `number.jpg`: input {shape_text(phase['input_shape'])} → "
+            f"feature map {shape_text(phase['output_shape'])} (no padding), values "
+            f"{phase['output_range'][0]:.0f} to {phase['output_range'][1]:.0f}. The outline of the "
+            "digit stands out, as in the lab.\n")
 
 
-def render_shape_walk(p, results) -> str:
+def render_shape_walk(phase, results) -> str:
     rows = [[r["name"], shape_text(r["output"]), shape_text(r["weight"]), shape_text(r["bias"]),
-             r["lab_name"], shape_text(r["lab_output"]), shape_text(r["lab_weight"]), shape_text(r["lab_bias"]),
-             "yes" if r["output_match"] else "**NO**"] for r in p["rows"]]
+             r["lab_name"], shape_text(r["lab_output"]), shape_text(r["lab_weight"]),
+             shape_text(r["lab_bias"]),
+             "yes" if r["output_match"] else "**NO**"] for r in phase["rows"]]
     return "\n".join([
         "One [1, 1, 32, 32] input through LeNet-5's seven layers (the lab's loop over "
         "`model.sublayers()`):", "",
@@ -76,8 +80,8 @@ def render_shape_walk(p, results) -> str:
         "them into Paddle's LeNet).", ""])
 
 
-def render_counting(p, results) -> str:
-    le, rn = p["lenet"], p["resnet18"]
+def render_counting(phase, results) -> str:
+    le, rn = phase["lenet"], phase["resnet18"]
     rows = []
     for ours, (lname, lparams, lflops) in zip(le["layers"], lab.LENET_LAYERS):
         rows.append([ours["name"], ours["type"], fmt(ours["params"]), fmt(lparams),
@@ -110,12 +114,12 @@ def render_counting(p, results) -> str:
         f"{lab.RESNET18_LAB_PARAMS:,}.", ""])
 
 
-def render_speed(p, results) -> str:
-    return speed_section.render(p)
+def render_speed(phase, results) -> str:
+    return speed_section.render(phase)
 
 
-def render_torchvision(p, results) -> str:
-    good, bad = p["proper"], p["lab_protocol"]
+def render_torchvision(phase, results) -> str:
+    good, bad = phase["proper"], phase["lab_protocol"]
     reasons = "\n".join(f"- {r}" for r in lab.TORCHVISION_CHECK["why_vacuous"])
     return "\n".join([
         "The lab loaded paddle.vision's `resnet18` weights into its own ResNet18 and printed "
@@ -124,7 +128,8 @@ def render_torchvision(p, results) -> str:
         "Done right here (the same check as `cnnlab check`): torchvision's `resnet18` with random "
         "weights and random, non-default BN running statistics and affine parameters, loaded "
         "**strictly** into ours (built with `stem_bias=False, in_channels=3, num_classes=1000`) "
-        f"and back; both in **eval** mode; {good['dtype']}; a batch {shape_text(good['input'])}; the "
+        f"and back; both in **eval** mode; {good['dtype']}; a batch {shape_text(good['input'])}; "
+        "the "
         "largest **absolute** difference of the logits:", "",
         table(["check", "max abs diff", "tolerance", "result"], [
             [c["name"], sci(c["max_abs_diff"]), sci(c["tolerance"]),
@@ -142,14 +147,14 @@ def render_torchvision(p, results) -> str:
         "the final layer's bias whatever the convolutions hold.", ""])
 
 
-def render_prediction(p, results) -> str:
-    verdict = "correct" if p["correct"] else "wrong"
+def render_prediction(phase, results) -> str:
+    verdict = "correct" if phase["correct"] else "wrong"
     return "\n".join([
-        f"![prediction]({p['image']})", "",
+        f"![prediction]({phase['image']})", "",
         table(["", "true class", "predicted class", "probability"], [
-            ["cnnlab (best LeNet, first test batch, sample 1)", p["true"], p["pred"],
-             f"{p['prob']:.3f}"],
-            ["lab printout", p["lab"]["true"], p["lab"]["pred"], "not printed"]]), "",
+            ["cnnlab (best LeNet, first test batch, sample 1)", phase["true"], phase["pred"],
+             f"{phase['prob']:.3f}"],
+            ["lab printout", phase["lab"]["true"], phase["lab"]["pred"], "not printed"]]), "",
         f"The prediction is {verdict}. Our test images are not the lab's (see \"What differs\"), "
         "so the digit itself differs.", ""])
 

@@ -35,10 +35,10 @@ def run_directory(out, resuming: bool = False, overwrite: bool = False):
             existing = [out / name for name in RUN_FILES if (out / name).exists()]
             if existing and not resuming:
                 if not overwrite:
+                    names = ", ".join(path.name for path in existing)
                     raise UserError(
-                        f"{out} already holds a run{_describe(out)} ({', '.join(p.name for p in existing)}): "
-                        f"continue it with --resume {out}, replace it with --overwrite, or choose "
-                        "another --out")
+                        f"{out} already holds a run{_describe(out)} ({names}): continue it with "
+                        f"--resume {out}, replace it with --overwrite, or choose another --out")
                 for path in existing:
                     path.unlink()
             clean_stale_temps(out)
