@@ -2,6 +2,7 @@
 
     atomic_write(path, chunks)     bytes -> path (temp file in the same folder, fsync, rename)
     write_json(path, obj)          strict JSON: NaN / inf become null, never a bare NaN
+    json_text(obj)                 the same JSON as a string (what the CLI's --json prints)
     write_text(path, text)         UTF-8 text (report.md)
     write_figure(path, figure)     a matplotlib Figure, rendered in memory, then written
     DirectoryLock(folder)          one writer per run directory (flock on FOLDER/.lock)
@@ -72,8 +73,12 @@ def write_text(path, text: str) -> Path:
 def write_json(path, obj) -> Path:
     """`obj` as indented JSON, atomically. NaN and +-inf become null (JSON has no such numbers);
     Paths become strings, tensors and numpy arrays lists, numpy/torch scalars numbers."""
-    text = json.dumps(json_ready(obj), indent=1, allow_nan=False) + "\n"
-    return write_text(path, text)
+    return write_text(path, json_text(obj, indent=1) + "\n")
+
+
+def json_text(obj, indent=None) -> str:
+    """`obj` as strict JSON text (see `write_json`)."""
+    return json.dumps(json_ready(obj), indent=indent, allow_nan=False)
 
 
 def json_ready(obj):

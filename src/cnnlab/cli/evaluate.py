@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from cnnlab.atomic import json_text
 from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.errors import UserError
@@ -104,7 +104,7 @@ def run_evaluate(args) -> int:
               "model": payload["model"]["name"], "data": source,
               "data_split": split, "split": args.split}
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         print(f"{result['model']} on {source} {split}/{args.split} ({len(part)} images): "
               f"accuracy {acc:.4f}, loss {loss:.4f}")
@@ -139,7 +139,7 @@ def run_predict(args) -> int:
                 rows.append({"image": str(path), "class": k, "prob": float(p[k])})
     for row in rows:
         if args.json:
-            print(json.dumps(row))
+            print(json_text(row))
         else:
             print(f"{row['image']}: {row['class']} (p={row['prob']:.3f})")
     return 0
