@@ -116,6 +116,12 @@ def test_check_json_combines_op_and_model_checks(monkeypatch, capsys):
     assert [c["name"] for c in data["checks"]] == ["op a", "model b"]
     assert data["checks"][1]["max_abs_diff"] is None
 
+    # a NaN difference (a broken operator) is printed as null: strict JSON, no bare NaN
+    fake_checks(monkeypatch, [check("op a", False, diff=float("nan"))], [])
+    assert main(["check", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out, parse_constant=lambda name: 1 / 0)
+    assert data["checks"][0]["max_abs_diff"] is None
+
 
 @pytest.mark.slow
 def test_check_for_real(capsys):

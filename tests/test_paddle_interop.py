@@ -33,6 +33,7 @@ from cnnlab.interop import (
 )
 from cnnlab.models import build_model
 from cnnlab.train.checkpoint import load_model, model_payload, save_checkpoint
+from train_helpers import load_json_strict
 
 NAME_TABLE = "StructuredToParameterName@@"
 
@@ -631,8 +632,6 @@ def test_evaluate_and_predict_accept_a_pdparams_file(tmp_path, lenet_files, caps
 
 
 def test_train_init_starts_from_pdparams_weights(tmp_path, lenet_files, capsys):
-    import json
-
     ckpt, pd = lenet_files
     assert main(["evaluate", str(ckpt), "--json"]) == 0
     (want,) = _json_lines(capsys)
@@ -640,7 +639,7 @@ def test_train_init_starts_from_pdparams_weights(tmp_path, lenet_files, capsys):
     # 0 epochs: no step is taken, so the tested model is the initial one.
     assert main(["train", "lenet-native", "--init", str(pd), "--epochs", "0", "--out", str(out),
                  "--quiet"]) == 0
-    run = json.loads((out / "run.json").read_text())
+    run = load_json_strict(out / "run.json")
     assert run["config"]["init"] == str(pd)
     results = run["results"]
     assert results["test_acc"] == want["acc"]
