@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import os
 
 import pytest
 import torch
@@ -62,31 +61,41 @@ def test_a_fresh_run_over_another_run_is_refused_and_overwrite_replaces_only_its
     assert load_json_strict(out / "run.json")["config"]["init"] == str(out / "best.pt")
 
 
-def test_a_second_training_into_a_directory_in_use_is_refused(tmp_path, capsys, done, monkeypatch):
-    from cnnlab.cli import main
-    from cnnlab.train.runner import Runner
+PAUSED_TRAINING = """
+import sys
+from cnnlab.cli import main
+from cnnlab.train.runner import Runner
+step = Runner._train_step
+def paused(self, x, y):
+    step(self, x, y)
+    if self.global_step == 2:  # mid-run, holding its directory: wait to be told to go on
+        print("step 2", flush=True)
+        sys.stdin.readline()
+Runner._train_step = paused
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_a_second_training_into_a_directory_in_use_is_refused(tmp_path, capsys, done):
+    """Two real processes: a `cnnlab train` paused mid-run, and a second one (this process)."""
+    import subprocess
+
+    from train_helpers import spawn  # one torch thread, as this process's `one_thread`
 
     data, _ = done
     out = tmp_path / "run"
     train = ["train", "lenet-native", "--data", data, "--epochs", "1", *BASE]
-    seen = {}
-    step = Runner._train_step
-
-    def and_a_second_training(self, x, y):
-        step(self, x, y)
-        if self.global_step == 2:  # while the first run holds the directory
-            err = io.StringIO()
-            with contextlib.redirect_stderr(err):
-                seen["code"] = main([*train, "--overwrite", "--out", str(out)])
-            seen["err"] = err.getvalue()
-
-    monkeypatch.setattr(Runner, "_train_step", and_a_second_training)
-    with one_thread():
-        code, _, err = cli(capsys, *train, "--out", out)
-    assert code == 0, err
-    assert seen["code"] == 2
-    assert seen["err"] == (f"cnnlab train: error: {out} is in use by another cnnlab process (pid "
-                           f"{os.getpid()}); wait for it to finish or write to another folder\n")
+    first = spawn(PAUSED_TRAINING, *train, "--out", out, stdin=subprocess.PIPE)
+    try:
+        assert first.stdout.readline() == "step 2\n", first.stderr.read()
+        with one_thread():
+            code, _, err = cli(capsys, *train, "--overwrite", "--out", out)
+        assert code == 2 and err == (
+            f"cnnlab train: error: {out} is in use by another cnnlab process (pid {first.pid}); "
+            "wait for it to finish or write to another folder\n")
+    finally:
+        first.communicate("go\n", timeout=120)
+    assert first.returncode == 0
     assert len(set(run_ids(out).values())) == 1
 
 

@@ -44,14 +44,15 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def spawn(code: str, *args, env: dict | None = None) -> subprocess.Popen:
-    """A fresh Python process running `code` with sys.argv[1:] = args (and extra `env`)."""
+def spawn(code: str, *args, env: dict | None = None, stdin=None) -> subprocess.Popen:
+    """A fresh Python process running `code` with sys.argv[1:] = args (and extra `env`; stdin:
+    subprocess.PIPE to write to it)."""
     # One torch thread: on 2 shared cores, two threads contend (4x slower here); the in-process
     # baselines use one thread too, so results compare bit for bit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            **{k: str(v) for k, v in (env or {}).items()}}
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @contextlib.contextmanager
