@@ -27,7 +27,7 @@ _MT_WORDS = 624  # words of a Mersenne Twister state (Python's random adds 1: th
 
 
 class _Bad(Exception):
-    """Raised by a field check: (field, what it must be, the value found)."""
+    """A field check failed; the message names the field, what it must be and what it is."""
 
 
 def _fail(field: str, expected: str, value):
@@ -117,13 +117,17 @@ def _run_id(value):
         _fail("run_id", "32 hex digits (a uuid4)", value)
 
 
+def _is_step_pair(item) -> bool:
+    return (isinstance(item, (list, tuple)) and len(item) == 2 and _is_int(item[0])
+            and _is_real(item[1]))
+
+
 def _history(value):
     _dict("history", value)
     for key in _HISTORY_PAIRS:
-        for item in value.get(key, []) if isinstance(value.get(key, []), (list, tuple)) else [None]:
-            if not (isinstance(item, (list, tuple)) and len(item) == 2 and _is_int(item[0])
-                    and _is_real(item[1])):
-                _fail(f"history.{key}", "a list of [step, number] pairs", item)
+        pairs = value.get(key, [])
+        if not isinstance(pairs, (list, tuple)) or not all(map(_is_step_pair, pairs)):
+            _fail(f"history.{key}", "a list of [step, number] pairs", pairs)
     epoch_losses = value.get("train_epoch_losses", [])
     if not isinstance(epoch_losses, (list, tuple)) or not all(map(_is_real, epoch_losses)):
         _fail("history.train_epoch_losses", "a list of numbers", epoch_losses)
