@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cnnlab.errors import UserError
+from cnnlab import atomic
 from cnnlab.train import checkpoint as ckpt
 from train_helpers import cli, make_json, one_thread
 
@@ -92,21 +93,21 @@ def test_disk_full_while_saving(tmp_path, capsys, done, monkeypatch):
             return real_write(fd, chunk)
         return write
 
-    monkeypatch.setattr(ckpt.os, "write", full_after(0))  # the very first save fails
+    monkeypatch.setattr(atomic.os, "write", full_after(0))  # the very first save fails
     base = ["train", "lenet-native", "--data", data, "--batch-size", "16", "--out", out]
     _check(capsys, out, *base, "--epochs", 1, expect="best.pt: disk full (no space left on device)")
     assert not out.exists()
 
     # A later save fails: what was saved before stays whole, no temp file is left.
     writes.clear()
-    monkeypatch.setattr(ckpt.os, "write", full_after(4))  # best.pt and last.pt, then full
+    monkeypatch.setattr(atomic.os, "write", full_after(4))  # best.pt and last.pt, then full
     with one_thread():
         code, _, err = cli(capsys, *base, "--epochs", 2, "--eval-steps", 2)
     monkeypatch.undo()
     assert code == 2 and "disk full" in err and err.count("\n") == 1
     names = sorted(p.name for p in out.iterdir())
-    assert names == ["best.pt", "last.pt"], names
-    for name in names:
+    assert names == [".lock", "best.pt", "last.pt"], names  # the lock file stays
+    for name in names[1:]:
         ckpt.load_checkpoint(out / name)
 
 

@@ -136,3 +136,32 @@ def test_nan_first_score_then_improvement(tmp_path):
     with one_thread():
         r = _train(tmp_path, scores={**SCORES, 2: NAN, 3: 0.2}, stop_at=4)
     assert _best(tmp_path)[0] == 0.2 and r.best_step == 3
+
+
+def test_a_best_pt_of_another_run_is_never_adopted(tmp_path):
+    """Issue 14, bug 2: a run stopped before its first dev evaluation and resumed, in a folder
+    that holds another run's best.pt (score 0.99), keeps and tests its own best model."""
+    from cnnlab.train.checkpoint import model_payload, save_checkpoint
+
+    with one_thread():
+        r = _train(tmp_path, stop_at=1)                 # one step, no evaluation: no best.pt
+        assert not (tmp_path / "best.pt").exists()
+        other = build_model("lenet-native")
+        save_checkpoint(tmp_path / "best.pt", model_payload(
+            "lenet-native", {}, other, run_id="f" * 32, best_score=0.99, step=5))
+        resumed = _train(tmp_path, resume_from=tmp_path)
+    assert resumed.run_id == r.run_id != "f" * 32
+    best = load_checkpoint(tmp_path / "best.pt")
+    assert (best["run_id"], best["best_score"]) == (r.run_id, 0.8)
+    assert resumed.best_score == 0.8 and resumed.best_step == 9
+
+
+def test_history_json_is_strict_json_with_null_for_a_nan_score(tmp_path):
+    from train_helpers import load_json_strict
+
+    with one_thread():
+        r = _train(tmp_path)
+    history = load_json_strict(r.write_history(tmp_path / "history.json"))
+    assert history["run_id"] == r.run_id
+    assert [s for _, s in history["dev_scores"]] == [None, 0.5, 0.4, 0.7, None, 0.6, 0.7, 0.65, 0.8]
+    assert (history["best_score"], history["best_step"]) == (0.8, 9)

@@ -13,8 +13,10 @@ import time
 import pytest
 import torch
 
+from cnnlab import atomic
 from cnnlab.errors import CorruptCheckpointError, UserError
 from cnnlab.train import checkpoint as ckpt
+from cnnlab.train.rng import capture_rng
 
 
 def _payload(value=1.0, n=1000):
@@ -34,7 +36,7 @@ def test_round_trip_keeps_every_value(tmp_path):
     opt_model(torch.randn(2, 1, 5, 5)).sum().backward()
     opt.step()
     payload = ckpt.model_payload("seq", {"a": 1}, opt_model, optimizer=opt.state_dict(),
-                                 rng={"data": torch.Generator().manual_seed(3).get_state()},
+                                 rng=capture_rng(torch.Generator().manual_seed(3)),
                                  history={"x": [(0, 1.5)], "none": None}, dtype=torch.float16)
     path = ckpt.save_checkpoint(tmp_path / "a.pt", payload)
     back = ckpt.load_checkpoint(path)
@@ -44,8 +46,22 @@ def test_round_trip_keeps_every_value(tmp_path):
     assert torch.equal(back["optimizer"]["state"][0]["momentum_buffer"],
                        opt.state_dict()["state"][0]["momentum_buffer"])
     assert back["history"] == {"x": [(0, 1.5)], "none": None} and back["dtype"] is torch.float16
-    assert oct(path.stat().st_mode & 0o777) != oct(0o600)  # not mkstemp's private mode
     assert [p.name for p in tmp_path.iterdir()] == ["a.pt"]
+
+
+@pytest.mark.parametrize("umask, mode", [(0o022, 0o644), (0o027, 0o640), (0o002, 0o664)])
+def test_saved_file_has_the_mode_the_umask_gives_and_the_umask_is_never_touched(
+        tmp_path, monkeypatch, umask, mode):
+    old = os.umask(umask)
+    try:
+        def no_umask(*args):
+            raise AssertionError("os.umask called while saving: it is process-wide")
+        monkeypatch.setattr(atomic.os, "umask", no_umask)
+        path = ckpt.save_checkpoint(tmp_path / "a.pt", _payload())
+        monkeypatch.undo()
+    finally:
+        assert os.umask(old) == umask
+    assert path.stat().st_mode & 0o777 == mode
 
 
 # ------------------------------------------------------------------ test 1: failure while pickling
@@ -83,7 +99,7 @@ def test_pickling_error_leaves_previous_checkpoint_byte_identical(tmp_path, monk
             raise KeyboardInterrupt
         return real_write(fd, data[: len(data) // 2])  # a short write first
 
-    monkeypatch.setattr(ckpt.os, "write", interrupted_write)
+    monkeypatch.setattr(atomic.os, "write", interrupted_write)
     with pytest.raises(KeyboardInterrupt):
         ckpt.save_checkpoint(path, _payload(3.0))
     assert len(calls) == 2
@@ -141,7 +157,7 @@ def test_sigkill_while_saving_never_leaves_an_unreadable_checkpoint(tmp_path):
             seen.append(payload["i"])
         except CorruptCheckpointError:
             unreadable += 1
-        ckpt.clean_stale_temps(tmp_path)  # what a killed writer left
+        atomic.clean_stale_temps(tmp_path)  # what a killed writer left
     print(f"SIGKILL while saving: {unreadable}/10 unreadable; saves done before each kill: {seen}")
     assert unreadable == 0
     assert [p.name for p in tmp_path.iterdir()] == ["last.pt"]
@@ -271,7 +287,7 @@ def test_disk_full_while_saving_is_a_clear_error_and_keeps_the_old_file(tmp_path
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(ckpt.os, where, full)
+    monkeypatch.setattr(atomic.os, where, full)
     with pytest.raises(UserError, match=r"last\.pt.*disk full.*unchanged"):
         ckpt.save_checkpoint(path, _payload(2.0, n=100_000))
     monkeypatch.undo()
@@ -309,7 +325,7 @@ def test_unwritable_folder_is_a_user_error(tmp_path, monkeypatch):
     def denied(*args, **kwargs):
         raise PermissionError(errno.EACCES, os.strerror(errno.EACCES))
 
-    monkeypatch.setattr(ckpt.tempfile, "mkstemp", denied)  # tests may run as root: chmod is moot
+    monkeypatch.setattr(atomic, "_open_locked_temp", denied)  # tests may run as root: chmod is moot
     with pytest.raises(UserError, match="is not writable"):
         ckpt.save_checkpoint(tmp_path / "ro" / "last.pt", _payload())
 

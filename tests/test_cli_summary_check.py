@@ -116,6 +116,12 @@ def test_check_json_combines_op_and_model_checks(monkeypatch, capsys):
     assert [c["name"] for c in data["checks"]] == ["op a", "model b"]
     assert data["checks"][1]["max_abs_diff"] is None
 
+    # a NaN difference (a broken operator) is printed as null: strict JSON, no bare NaN
+    fake_checks(monkeypatch, [check("op a", False, diff=float("nan"))], [])
+    assert main(["check", "--json"]) == 1
+    data = json.loads(capsys.readouterr().out, parse_constant=lambda name: 1 / 0)
+    assert data["checks"][0]["max_abs_diff"] is None
+
 
 @pytest.mark.slow
 def test_check_for_real(capsys):
@@ -128,13 +134,19 @@ def test_check_for_real(capsys):
 
 
 def test_console_script_exit_status():
-    # The installed `cnnlab` script passes main()'s status to the shell (in-process tests cover
-    # the successful paths; one start of the script costs seconds, so one run here).
+    # The `cnnlab` console script that pyproject.toml declares passes main()'s status to the shell
+    # (in-process tests cover the successful paths; one start costs seconds, so one run here).
+    from importlib.metadata import entry_points
+
+    (entry,) = entry_points(group="console_scripts", name="cnnlab")
+    assert entry.value == "cnnlab.cli:main", "pyproject.toml's [project.scripts] changed"
     script = Path(sys.executable).parent / "cnnlab"
-    if not script.exists():
-        pytest.skip("console script not installed next to this Python")
-    bad = subprocess.run([str(script), "summary", "alexnet"], capture_output=True, text=True,
-                         timeout=120)
+    # Where the package is installed the script sits next to Python; else run the entry point
+    # as that script would (it calls it and exits with what it returns).
+    argv = ([str(script)] if script.exists() else
+            [sys.executable, "-c", "import sys; from importlib.metadata import entry_points; "
+             "sys.exit(entry_points(group='console_scripts', name='cnnlab')['cnnlab'].load()())"])
+    bad = subprocess.run([*argv, "summary", "alexnet"], capture_output=True, text=True, timeout=120)
     assert bad.returncode == 2
     assert bad.stdout == ""
     assert bad.stderr.count("\n") == 1 and "known models: lenet, lenet-native" in bad.stderr

@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 
 from cnnlab.cli import main
+from train_helpers import load_json_strict
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -43,8 +44,8 @@ def test_train_writes_the_run_directory_and_learns(trained):
     for name in ("best.pt", "history.json", "curves.png", "run.json"):
         assert (trained / name).is_file(), name
     assert (trained / "curves.png").read_bytes().startswith(PNG)
-    hist = json.loads((trained / "history.json").read_text())
-    run = json.loads((trained / "run.json").read_text())
+    hist = load_json_strict(trained / "history.json")
+    run = load_json_strict(trained / "run.json")
     steps = [s for s, _ in hist["train_step_losses"]]
     assert steps == list(range(32))                          # 16 steps an epoch, 2 epochs
     assert [s for s, _ in hist["dev_scores"]] == [8, 16, 24, 31]
@@ -67,7 +68,7 @@ def test_evaluate_json_reproduces_the_runs_test_metrics(trained, capsys):
     code, out, _ = run_cli(capsys, "evaluate", trained / "best.pt", "--json")
     assert code == 0
     got = json.loads(out)
-    res = json.loads((trained / "run.json").read_text())["results"]
+    res = load_json_strict(trained / "run.json")["results"]
     assert got["n"] == 200
     assert got["acc"] == res["test_acc"] and got["loss"] == pytest.approx(res["test_loss"], abs=1e-6)
     code, out, _ = run_cli(capsys, "evaluate", trained / "best.pt", "--split", "dev")

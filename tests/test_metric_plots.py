@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cnnlab.train.metric import Accuracy
-from cnnlab.train.plots import plot_training_loss_acc
+from cnnlab.train.plots import plot_training_loss_acc, training_figure
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -47,20 +47,43 @@ def test_mismatched_lengths_raise():
         Accuracy().update(torch.zeros(3, 2), torch.zeros(2, dtype=torch.long))
 
 
-def test_plot_writes_a_png_from_a_history_dict(tmp_path):
+def _lines(axes):
+    """{legend label: (x data, y data)} of what an axes draws."""
+    return {line.get_label(): (list(line.get_xdata()), list(line.get_ydata())) for line in axes.lines}
+
+
+def test_figure_draws_the_history_as_the_lab_does():
     history = {"train_step_losses": [[s, 2.3 - 0.02 * s] for s in range(80)],
                "dev_losses": [[s, 2.0 - 0.01 * s] for s in (15, 30, 45, 60, 75, 79)],
                "dev_scores": [[s, 0.3 + 0.005 * s] for s in (15, 30, 45, 60, 75, 79)]}
-    path = plot_training_loss_acc(history, tmp_path / "sub" / "curves.png")
-    data = path.read_bytes()
-    assert data.startswith(PNG) and len(data) > 10_000
-    # without dev evaluations: only the loss panel, still a figure
-    path2 = plot_training_loss_acc({"train_step_losses": history["train_step_losses"]},
-                                   tmp_path / "c2.png")
-    assert path2.read_bytes().startswith(PNG)
+    fig = training_figure(history)
+    loss_axes, score_axes = fig.axes
+    drawn = _lines(loss_axes)
+    # the lab plots every 20th train loss: steps 0, 20, 40, 60
+    assert drawn["Train loss"] == ([0, 20, 40, 60], [2.3, 2.3 - 0.4, 2.3 - 0.8, 2.3 - 1.2])
+    assert drawn["Dev loss"] == ([15, 30, 45, 60, 75, 79], [2.0 - 0.01 * s for s in (15, 30, 45, 60, 75, 79)])
+    assert _lines(score_axes) == {"Dev accuracy": ([15, 30, 45, 60, 75, 79],
+                                                   [0.3 + 0.005 * s for s in (15, 30, 45, 60, 75, 79)])}
+    assert (loss_axes.get_xlabel(), loss_axes.get_ylabel()) == ("step", "loss")
+    assert (score_axes.get_xlabel(), score_axes.get_ylabel()) == ("step", "score")
+    assert [t.get_text() for t in loss_axes.get_legend().get_texts()] == ["Train loss", "Dev loss"]
+    assert loss_axes.lines[0].get_color() == "#8E004D" and loss_axes.lines[1].get_linestyle() == "--"
+    # without dev evaluations: the loss panel alone
+    only = training_figure({"train_step_losses": history["train_step_losses"]}, sample_step=1)
+    assert len(only.axes) == 1 and list(only.axes[0].lines[0].get_xdata()) == list(range(80))
 
 
-def test_plot_accepts_a_runner(tmp_path):
+def test_plot_writes_that_figure_as_a_png(tmp_path):
+    from PIL import Image
+
+    history = {"train_step_losses": [[0, 2.0], [1, 1.0]], "dev_scores": [[1, 0.5]]}
+    path = plot_training_loss_acc(history, tmp_path / "sub" / "curves.png", fig_size=(4, 3))
+    assert path.read_bytes().startswith(PNG)
+    assert Image.open(path).size == (400, 300)  # 4 x 3 inches at matplotlib's 100 dpi
+    assert [p.name for p in path.parent.iterdir()] == ["curves.png"]  # no temp file left
+
+
+def test_plot_accepts_a_runner():
     import torch.nn.functional as F
     from torch import nn
 
@@ -71,4 +94,6 @@ def test_plot_accepts_a_runner(tmp_path):
                device="cpu", progress=False, log=False)
     r.train_step_losses = [(0, 1.0), (1, 0.5)]
     r.dev_losses, r.dev_scores = [(1, 0.7)], [(1, 0.5)]
-    assert plot_training_loss_acc(r, tmp_path / "r.png").read_bytes().startswith(PNG)
+    loss_axes, score_axes = training_figure(r, sample_step=1).axes
+    assert _lines(loss_axes) == {"Train loss": ([0, 1], [1.0, 0.5]), "Dev loss": ([1], [0.7])}
+    assert _lines(score_axes) == {"Dev accuracy": ([1], [0.5])}

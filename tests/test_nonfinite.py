@@ -1,14 +1,12 @@
 """A non-finite loss (issue 5, test 7): `cnnlab train` stops at that step with a message naming
 it and exit status 3, never writes NaN weights; `--skip-nonfinite` skips the step instead."""
 
-import json
-
 import pytest
 import torch
 import torch.nn.functional as F
 
 from cnnlab.train.checkpoint import load_checkpoint
-from train_helpers import cli, make_json, one_thread
+from train_helpers import cli, load_json_strict, make_json, one_thread
 
 K = 8  # the poisoned step: epoch 2, batch 3 (6 steps per epoch)
 
@@ -51,7 +49,7 @@ def test_nan_loss_stops_at_that_step(tmp_path, capsys, poison):
     assert f"non-finite training loss (nan) at step {K} (epoch 2, batch 3 of 6)" in err
     assert "last.pt holds step 6" in err
     run = tmp_path / "run"
-    assert sorted(p.name for p in run.iterdir()) == ["best.pt", "last.pt"]
+    assert sorted(p.name for p in run.iterdir()) == [".lock", "best.pt", "last.pt"]
     assert load_checkpoint(run / "last.pt")["step"] == 6  # the epoch-1 end, before step K
     _all_finite(run)
 
@@ -61,7 +59,7 @@ def test_skip_nonfinite_skips_only_that_step(tmp_path, capsys, poison):
     assert code == 0, err
     assert f"non-finite loss (nan) at step {K}" in err and "step skipped" in err
     run = tmp_path / "run"
-    history = json.loads((run / "history.json").read_text())
+    history = load_json_strict(run / "history.json")
     steps = [s for s, _ in history["train_step_losses"]]
     assert steps == [s for s in range(18) if s != K]
     assert load_checkpoint(run / "last.pt")["skipped_steps"] == [K]

@@ -33,6 +33,7 @@ from cnnlab.interop import (
 )
 from cnnlab.models import build_model
 from cnnlab.train.checkpoint import load_model, model_payload, save_checkpoint
+from train_helpers import load_json_strict
 
 NAME_TABLE = "StructuredToParameterName@@"
 
@@ -432,9 +433,15 @@ def test_file_of_another_model_is_refused_with_the_closest_layout(tmp_path, lab_
     path = paddle_save(lab_resnet, tmp_path / "resnet.pdparams")
     model = make("lenet", 0)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    with pytest.raises(UserError, match=r"closest is '(lab|paddle-lenet)'.*Model_ResNet18") as err:
+    with pytest.raises(UserError) as err:
         load_paddle_weights(model, path)
-    assert "unexpected net.0.0.bias" in str(err.value) or "unexpected" in str(err.value)
+    # Both LeNet layouts miss all 10 tensors; the first listed, 'lab', is named.
+    assert str(err.value) == (
+        f"{path} fits no Paddle layout of this lenet model: closest is 'lab' (the lab's "
+        "Model_LeNet (custom Conv2D, bias [P,1])): missing conv1.weight, conv1.bias, conv3.weight, "
+        "conv3.bias, conv5.weight (+5 more); unexpected net.0.0.weight, net.0.0.bias, "
+        "net.0.1.weight, net.0.1.bias, net.0.1._mean (+98 more); this file looks like the lab's "
+        "Model_ResNet18: use --model resnet18 or resnet18-plain")
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # unchanged
 
 
@@ -481,6 +488,32 @@ def test_convert_paddle_writes_a_usable_checkpoint(tmp_path, rng, capsys):
     assert payload["config"]["source"]["layout"] == "lab"
     x = torch.randn(2, 1, 32, 32)
     torch.testing.assert_close(model.eval()(x), lab_lenet_forward(a, x), rtol=1e-5, atol=1e-5)
+
+
+def test_recorded_sha256_is_of_the_bytes_parsed(tmp_path, rng, monkeypatch):
+    """Issue 14, bug 6: the file is read once; its hash is of what was parsed, even when the
+    file changes right after (here: overwritten by another model while it is being parsed)."""
+    import hashlib
+
+    import cnnlab.interop.paddle as paddle
+
+    src = paddle_save(lab_lenet_arrays(rng), tmp_path / "best_model.pdparams")
+    original = src.read_bytes()
+    real_load = paddle.safe_load
+
+    def load_then_replace(data):
+        arrays = real_load(data)
+        paddle_save(lab_lenet_arrays(np.random.default_rng(99)), src)  # the file changes now
+        return arrays
+
+    monkeypatch.setattr(paddle, "safe_load", load_then_replace)
+    model, payload, _ = paddle.model_from_pdparams(src, "lenet")
+    assert src.read_bytes() != original
+    assert payload["config"]["source"]["sha256"] == hashlib.sha256(original).hexdigest()
+    expected = {k: torch.from_numpy(v) for k, v in pickle.loads(original).items()
+                if k != "StructuredToParameterName@@"}
+    torch.testing.assert_close(model.state_dict()["conv1.weight"], expected["conv1.weight"],
+                               rtol=0, atol=0)  # the weights are the original file's too
 
 
 def test_convert_paddle_reads_model_kwargs_off_the_file(tmp_path, capsys):
@@ -605,8 +638,6 @@ def test_evaluate_and_predict_accept_a_pdparams_file(tmp_path, lenet_files, caps
 
 
 def test_train_init_starts_from_pdparams_weights(tmp_path, lenet_files, capsys):
-    import json
-
     ckpt, pd = lenet_files
     assert main(["evaluate", str(ckpt), "--json"]) == 0
     (want,) = _json_lines(capsys)
@@ -614,7 +645,7 @@ def test_train_init_starts_from_pdparams_weights(tmp_path, lenet_files, capsys):
     # 0 epochs: no step is taken, so the tested model is the initial one.
     assert main(["train", "lenet-native", "--init", str(pd), "--epochs", "0", "--out", str(out),
                  "--quiet"]) == 0
-    run = json.loads((out / "run.json").read_text())
+    run = load_json_strict(out / "run.json")
     assert run["config"]["init"] == str(pd)
     results = run["results"]
     assert results["test_acc"] == want["acc"]

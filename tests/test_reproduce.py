@@ -1,45 +1,79 @@
 """`cnnlab reproduce`: a --quick run end to end, bad input, and the report's statistics.
 
 The expected numbers are the lab's own printouts (seed text), typed here by hand, not copied from
-cnnlab's output.
+cnnlab's output; the quick run's figures are recomputed here from its own files.
 """
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
+import torch
+import torch.nn.functional as F
 
 from cnnlab.cli import main
+from cnnlab.train.checkpoint import load_checkpoint, model_payload, save_checkpoint
+from train_helpers import load_json_strict, run_ids
+
+OLD_RUN = "0" * 32  # the run id of the earlier reproduce's LeNet, planted below
 
 
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
+    """A --quick reproduce into a folder that holds an earlier reproduce's output: a LeNet run
+    of another run id, a note of the user's, and a temp file a killed writer left."""
+    from cnnlab.models import build_model
+
     out = tmp_path_factory.mktemp("reproduce") / "out"
+    (out / "lenet").mkdir(parents=True)
+    (out / "run.json").write_text(json.dumps({"command": "cnnlab reproduce"}))
+    save_checkpoint(out / "lenet" / "best.pt", model_payload(
+        "lenet", {"in_channels": 1}, build_model("lenet"), run_id=OLD_RUN, best_score=0.99, step=3))
+    (out / "lenet" / "history.json").write_text(json.dumps({"run_id": OLD_RUN, "dev_scores": []}))
+    (out / "lenet" / "notes.txt").write_text("mine")
+    (out / "lenet" / ".best.pt.0123456789ab.cnnlab-tmp").write_bytes(b"half a checkpoint")
     rc = main(["reproduce", "--out", str(out), "--quick", "--quiet", "--device", "cpu"])
     return rc, out
 
 
 @pytest.mark.slow
-def test_quick_run_writes_every_file(quick_run):
+def test_quick_run_writes_every_file_and_replaces_its_earlier_output(quick_run):
     rc, out = quick_run
     assert rc == 0, (out / "results.json").read_text()[:2000]
     for name in ("report.md", "results.json", "run.json", "edges.png", "predict.png"):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
-    # each training's run directory has the layout of `cnnlab train --out`
+    # each training's run directory has the layout of `cnnlab train --out`, one run id in all
     for model in ("lenet", "resnet18-plain", "resnet18"):
-        for name in ("best.pt", "history.json", "curves.png", "run.json"):
-            assert (out / model / name).is_file(), f"{model}/{name}"
-    run = json.loads((out / "run.json").read_text())
-    assert run["config"]["quick"] is True
-    assert run["environment"]["versions"]["torch"]
+        ids = run_ids(out / model)
+        assert set(ids) == {"best.pt", "last.pt", "history.json", "run.json"}, model
+        assert len(set(ids.values())) == 1 and OLD_RUN not in ids.values(), (model, ids)
+        assert (out / model / "curves.png").is_file()
+    assert (out / "lenet" / "notes.txt").read_text() == "mine"  # only the run's files replaced
+    assert not list(out.rglob("*.cnnlab-tmp"))                    # the dead writer's temp is gone
+    run = load_json_strict(out / "run.json")
+    assert run["command"] == "cnnlab reproduce" and run["config"]["quick"] is True
+    assert run["environment"]["versions"]["torch"] == torch.__version__.split("+")[0]
+
+
+def _lenet_on_quick_test_set(out):
+    """The quick run's LeNet best.pt on the quick test subset (the first 64 lab-split test
+    images), evaluated here by hand -> (logits, labels, test images)."""
+    from cnnlab.data import load_mnist
+    from cnnlab.models import build_model
+
+    payload = load_checkpoint(out / "lenet" / "best.pt")
+    model = build_model("lenet", **payload["model"]["kwargs"]).eval()
+    model.load_state_dict(payload["state_dict"])
+    test = load_mnist("bundled", "lab").test
+    with torch.no_grad():
+        return model(test.images[:64]), test.labels[:64], test
 
 
 @pytest.mark.slow
-def test_quick_run_results_match_the_lab(quick_run):
+def test_quick_run_results_match_the_lab_and_its_own_files(quick_run):
     rc, out = quick_run
-    results = json.loads((out / "results.json").read_text())
+    results = load_json_strict(out / "results.json")
     ph = results["phases"]
     assert all(t["status"] == "ok" for t in results["timings"]), results["timings"]
 
@@ -68,15 +102,29 @@ def test_quick_run_results_match_the_lab(quick_run):
     assert tv["lab_protocol"]["eval_mode_max_abs_diff"] > 0.1
     assert abs(tv["lab_protocol"]["max_diff"]) < 1e-3
 
-    for model in ("lenet", "resnet18-plain", "resnet18"):
-        run = ph[f"train:{model}"]["runs"][0]
-        assert 0.0 <= run["test_acc"] <= 1.0 and math.isfinite(run["test_loss"])
-        assert run["seed"] == 100
+    # LeNet's test figures, recomputed by hand from its best.pt (the run tested best.pt)
+    logits, labels, test = _lenet_on_quick_test_set(out)
+    run = ph["train:lenet"]["runs"][0]
+    assert load_json_strict(out / "lenet" / "run.json")["results"]["tested_model"] == "best"
+    assert run["test_acc"] == (logits.argmax(1) == labels).float().mean().item()
+    assert run["test_loss"] == pytest.approx(F.cross_entropy(logits, labels).item(), rel=1e-5)
+    assert run["seed"] == 100 and run["sizes"] == {"train": 64, "dev": 32, "test": 64}
+    # the prediction demo: sample 1 of the first test batch, by the same best.pt
+    probs = torch.softmax(logits, 1)
     pred = ph["prediction"]
-    assert 0 <= pred["pred"] <= 9 and 0.0 < pred["prob"] <= 1.0
+    assert (pred["true"], pred["pred"]) == (int(test.labels[1]), int(probs[1].argmax()))
+    assert pred["prob"] == pytest.approx(probs[1].max().item(), rel=1e-5)
+
     b = results["budget"]
-    assert b["matmul_flops_per_s"] > 0 and b["floor_s"] > 0
-    assert b["peak_rss_gb"] > 0
+    # LeNet's FLOPs per image: 2 x MACs + the other counted ops, from the lab's figures: MACs
+    # 6*28*28*25 + 16*10*10*150 + 120*400 + 120*84 + 84*10 = 416,520 of the 423,344 FLOPs.
+    per_image = 2 * 416_520 + (423_344 - 416_520)
+    evals = len(load_json_strict(out / "lenet" / "history.json")["dev_scores"])
+    assert b["training_flops"]["per_model"]["lenet"] == per_image * (3 * 64 * 1 + evals * 32 + 64)
+    assert b["floor_s"] == pytest.approx(b["training_flops"]["total"] / b["matmul_flops_per_s"])
+    assert b["command_wall_s"] >= b["total_wall_s"] >= sum(t["wall_s"] for t in results["timings"])
+    # torch alone takes well over 100 MB; the peak includes it
+    assert b["peak_rss_gb"] * 1e9 >= results["resources"]["after_imports_bytes"] > 100e6
 
 
 @pytest.mark.slow
@@ -91,6 +139,15 @@ def test_quick_report_shows_the_lab_figures(quick_run):
                    "[[6, 8], [14, 16]]", "[[3.5, 5.5], [11.5, 13.5]]", "3,900",
                    "![", "edges.png", "predict.png", "lenet/curves.png", "Quick smoke run"):
         assert figure in report, figure
+
+
+def test_a_train_runs_folder_is_refused(tmp_path, capsys):
+    (tmp_path / "best.pt").write_bytes(b"a cnnlab train run's")
+    assert main(["reproduce", "--out", str(tmp_path), "--quick", "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"cnnlab reproduce: error: {tmp_path} holds a `cnnlab train` run (best.pt), not "
+                   "the output of an earlier reproduce: choose another --out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["best.pt"]
 
 
 def test_bad_seeds_is_one_line_exit_2(tmp_path, capsys):
@@ -147,8 +204,11 @@ def test_residual_claim_verdicts():
     assert mixed["verdict"] == "inconclusive"
 
 
-def test_matmul_rate_is_positive():
+def test_matmul_rate_is_2n3_over_the_best_time():
     from cnnlab.report.reproduce import measure_matmul
 
-    m = measure_matmul(n=256, seconds=0.01)
-    assert m["flops_per_s"] > 1e6 and m["runs"] >= 3
+    # a clock whose 3 timed runs take 0.5, 0.25 and 0.375 s; then 100 s have passed
+    ticks = iter([0.0, 10.0, 10.5, 11.0, 11.25, 12.0, 12.375, 100.0])
+    m = measure_matmul(n=64, seconds=1.0, clock=lambda: next(ticks))
+    assert m["runs"] == 3
+    assert m["flops_per_s"] == 2 * 64**3 / 0.25

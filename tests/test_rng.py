@@ -22,7 +22,8 @@ def test_capture_restore_through_a_checkpoint_file(tmp_path):
     random.gauss(0, 1)  # leaves a cached gaussian in Python's state
     np.random.randn()   # ... and in numpy's
     state = capture_rng(gen)
-    path = ckpt.save_checkpoint(tmp_path / "rng.pt", {"format": "cnnlab.checkpoint", "rng": state})
+    path = ckpt.save_checkpoint(tmp_path / "rng.pt", {"format": "cnnlab.checkpoint", "version": 1,
+                                                          "rng": state})
     expected = [_draw(gen) for _ in range(3)]
 
     seed_everything(999)  # scramble everything

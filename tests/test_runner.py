@@ -1,7 +1,6 @@
 """The Runner contract (the lab's RunnerV3): eval schedule, logging, best-model saving on strict
 improvement, sample-weighted evaluation, histories, state round trips. Tiny synthetic models."""
 
-import json
 import math
 
 import pytest
@@ -14,6 +13,7 @@ from cnnlab.errors import UserError
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.metric import Accuracy
 from cnnlab.train.runner import Runner
+from train_helpers import load_json_strict
 
 
 class Set(torch.utils.data.Dataset):
@@ -94,7 +94,7 @@ def test_runner_equals_a_hand_written_loop_and_records_history(tmp_path):
     assert all(type(v) is float for _, v in r.train_step_losses)
     # written as JSON with plain numbers
     r.write_history(tmp_path / "history.json")
-    back = json.loads((tmp_path / "history.json").read_text())
+    back = load_json_strict(tmp_path / "history.json")
     assert back["train_step_losses"][3] == [3, r.train_step_losses[3][1]]
     assert back["dev_scores"] == [] and back["best_score"] is None
 

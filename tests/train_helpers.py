@@ -44,14 +44,15 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
-def spawn(code: str, *args, env: dict | None = None) -> subprocess.Popen:
-    """A fresh Python process running `code` with sys.argv[1:] = args (and extra `env`)."""
+def spawn(code: str, *args, env: dict | None = None, stdin=None) -> subprocess.Popen:
+    """A fresh Python process running `code` with sys.argv[1:] = args (and extra `env`; stdin:
+    subprocess.PIPE to write to it)."""
     # One torch thread: on 2 shared cores, two threads contend (4x slower here); the in-process
     # baselines use one thread too, so results compare bit for bit.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
            **{k: str(v) for k, v in (env or {}).items()}}
     return subprocess.Popen([sys.executable, "-c", code, *map(str, args)], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdin=stdin, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
 @contextlib.contextmanager
@@ -67,17 +68,40 @@ def one_thread():
         torch.use_deterministic_algorithms(False)
 
 
+def _no_constant(name):
+    raise ValueError(f"not JSON: the bare constant {name}")
+
+
+def load_json_strict(path):
+    """A JSON file parsed as strict JSON: NaN, Infinity and -Infinity are errors, not numbers."""
+    return json.loads(Path(path).read_text(), parse_constant=_no_constant)
+
+
 def state(path) -> dict:
     return load_checkpoint(path)["state_dict"]
 
 
+def run_ids(folder) -> dict:
+    """{file: the run id it records} for a run directory's checkpoints and JSON files."""
+    folder = Path(folder)
+    ids = {name: load_checkpoint(folder / name).get("run_id") for name in ("best.pt", "last.pt")
+           if (folder / name).exists()}
+    for name in ("history.json", "run.json"):
+        if (folder / name).exists():
+            ids[name] = load_json_strict(folder / name).get("run_id")
+    return ids
+
+
 def assert_same_run(a, b, files=("best.pt", "last.pt")):
-    """Two run directories hold the same histories, test figures and weights, bit for bit."""
+    """Two run directories hold the same histories, test figures and weights, bit for bit (and
+    each directory's files carry one run id, its own)."""
     a, b = Path(a), Path(b)
-    ha, hb = (json.loads((d / "history.json").read_text()) for d in (a, b))
-    for key in ha:
+    ids_a, ids_b = run_ids(a), run_ids(b)
+    assert len(set(ids_a.values())) == 1 and len(set(ids_b.values())) == 1, (ids_a, ids_b)
+    ha, hb = (load_json_strict(d / "history.json") for d in (a, b))
+    for key in set(ha) - {"run_id"}:
         assert ha[key] == hb[key], f"history '{key}' differs: {ha[key]} vs {hb[key]}"
-    ra, rb = (json.loads((d / "run.json").read_text())["results"] for d in (a, b))
+    ra, rb = (load_json_strict(d / "run.json")["results"] for d in (a, b))
     for key in ("test_acc", "test_loss", "best_dev_score", "best_step", "steps", "train_epoch_losses"):
         assert ra[key] == rb[key], key
     for name in files:

@@ -1,7 +1,8 @@
 """What a run directory records besides its results: library versions, hardware, time, memory.
 
-`environment()` -> a JSON-ready dict; `write_run_json(path, config, results, wall_s)` writes
-run.json next to a run's outputs, so every figure can be traced to the software and machine.
+`environment()` -> a JSON-ready dict; `write_run_json(path, config, results, wall_s, run_id)`
+writes run.json next to a run's outputs, so every figure can be traced to the software and
+machine; `peak_rss_bytes()` is the one measure of peak memory.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ import platform
 import resource
 import sys
 from importlib import metadata
+
+from cnnlab.atomic import write_json
 
 
 def _version(dist: str):
@@ -31,10 +34,11 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MB (ru_maxrss is KB on Linux, B on macOS)."""
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return rss / (1024 * 1024) if sys.platform == "darwin" else rss / 1024
+def peak_rss_bytes(children: bool = False) -> int:
+    """Peak resident set size so far, in bytes, of this process (or, with `children`, of the
+    largest of its finished child processes). ru_maxrss is KiB on Linux, bytes on macOS."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF)
+    return usage.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 
 
 def environment() -> dict:
@@ -64,8 +68,9 @@ def environment() -> dict:
     }
 
 
-def write_run_json(path, config: dict, results: dict, wall_s: float):
-    from cnnlab.train.runner import write_json
-
-    return write_json(path, {"config": config, "results": results, "wall_s": round(wall_s, 3),
-                             "peak_rss_mb": round(peak_rss_mb(), 1), "environment": environment()})
+def write_run_json(path, config: dict, results: dict, wall_s: float, run_id: str | None = None):
+    """run.json: the run's id, config, results, wall time, peak RSS (MiB) and environment."""
+    return write_json(path, {"run_id": run_id, "config": config, "results": results,
+                             "wall_s": round(wall_s, 3),
+                             "peak_rss_mb": round(peak_rss_bytes() / 2**20, 1),
+                             "environment": environment()})

@@ -1,8 +1,10 @@
 """The `cnnlab` command line: one module per group of subcommands.
 
 Each module in `COMMAND_MODULES` has `register(subparsers)`, which adds its subcommands and sets
-`func(args) -> int` on each. A `UserError` (or `ValueError` from argument parsing helpers) becomes
-one line on stderr and exit status 2.
+`func(args) -> int` on each. A `UserError` -- what every check of a user's input raises, where it
+detects the mistake -- becomes one line on stderr and exit status 2. Any other exception, a
+plain ValueError included, is a bug and keeps its traceback: caught here it would read as the
+user's fault and lose what is needed to fix it.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import json
+from cnnlab.atomic import json_text
 
 
 def register(sub):
@@ -70,7 +70,7 @@ def _print_table(checks):
 def run(args) -> int:
     checks = collect_checks()
     if args.json:
-        print(json.dumps({"checks": checks}, indent=2))
+        print(json_text({"checks": checks}, indent=2))
     else:
         _print_table(checks)
     return 0 if checks and all(c["passed"] for c in checks) else 1

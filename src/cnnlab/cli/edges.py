@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 from cnnlab.errors import UserError
 
@@ -30,43 +29,22 @@ def register(sub):
     p.set_defaults(func=run)
 
 
-def edge_images(image=None, size=256, impl="fast"):
-    """-> (input float32 [H,W] 0-255, edges float32 [H-2,W-2]) for an image path or None."""
-    import numpy as np
-    import torch
-    from PIL import Image
-
-    from cnnlab.data.images import load_image
-    from cnnlab.ops.edges import laplacian_edges
-
-    if size < 0 or size == 1 or size == 2:
-        raise UserError(f"--size must be 0 or at least 3, got {size}")
-    if image is None:
-        from cnnlab.data import load_mnist
-
-        img = Image.fromarray(load_mnist().test.raw[1].numpy())
-    else:
-        img = load_image(image)
-    if size:
-        img = img.resize((size, size))  # the lab: Image.open(...).resize((256, 256))
-    if min(img.size) < 3:
-        raise UserError(f"image {image} is {img.size[0]}x{img.size[1]}: the 3x3 kernel needs at "
-                        "least 3x3 pixels")
-    arr = np.asarray(img, dtype=np.float32)
-    out = laplacian_edges(torch.from_numpy(arr), impl=impl)
-    return arr, out.numpy()
-
-
 def run(args) -> int:
+    from cnnlab.ops.edges import edge_images
     from cnnlab.report.figures import save_edges_figure
 
-    arr, out = edge_images(args.image, args.size, args.impl)
-    path = Path(args.out)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_edges_figure(arr, out, path)
-    except OSError as err:
-        raise UserError(f"cannot write figure {path}: {err.strerror or err}") from err
+    if args.size < 0 or args.size in (1, 2):
+        raise UserError(f"--size must be 0 or at least 3, got {args.size}")
+    if args.image is None:
+        from cnnlab.data import load_mnist
+
+        picture = load_mnist().test.raw[1].numpy()  # a bundled digit (a 4), 28x28 grey levels
+    else:
+        from cnnlab.data.images import load_image
+
+        picture = load_image(args.image)
+    arr, out = edge_images(picture, args.size, args.impl)
+    path = save_edges_figure(arr, out, args.out)
     print(f"edges of a {arr.shape[1]}x{arr.shape[0]} image -> {out.shape[1]}x{out.shape[0]} "
           f"feature map (range {out.min():g}..{out.max():g}); figure: {path}")
     return 0

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import json
 
+from cnnlab.atomic import json_text
 from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.errors import UserError
@@ -60,27 +60,21 @@ def load_checkpoint_model(path, expect=None, device="auto", layout="auto"):
 
     A Paddle `.pdparams` file (the lab's notebook) is read safely into model `expect`."""
     from cnnlab.interop.paddle import is_pdparams, model_from_pdparams
-    from cnnlab.train.checkpoint import load_checkpoint, load_model
+    from cnnlab.train.checkpoint import load_model
     from cnnlab.train.runner import resolve_device
 
     dev = resolve_device(device)
+    if expect is not None:
+        from cnnlab.models import MODEL_NAMES
+        if expect not in MODEL_NAMES:
+            raise UserError(f"unknown model {expect!r}; known models: {', '.join(MODEL_NAMES)}")
     if is_pdparams(path):
         if expect is None:
             raise UserError(f"{path} is a Paddle .pdparams file: say which model it holds with "
                             "--model (e.g. --model lenet)")
         model, payload, _ = model_from_pdparams(path, expect, None if layout == "auto" else layout)
-        return model.to(dev).eval(), payload
-    if expect is not None:
-        from cnnlab.models import MODEL_NAMES
-        if expect not in MODEL_NAMES:
-            raise UserError(f"unknown model {expect!r}; known models: {', '.join(MODEL_NAMES)}")
-        held = (load_checkpoint(path).get("model") or {}).get("name")
-        if held != expect:
-            raise UserError(f"{path} holds a {held!r} model, not {expect!r}")
-    try:
-        model, payload = load_model(path)
-    except RuntimeError as err:  # load_state_dict: keys or shapes do not fit the named model
-        raise UserError(f"{path}: its weights do not fit its model: {str(err).splitlines()[0]}") from err
+    else:
+        model, payload = load_model(path, expect=expect)
     return model.to(dev).eval(), payload
 
 
@@ -90,9 +84,9 @@ def run_evaluate(args) -> int:
     from cnnlab.data import TensorLoader, load_mnist
     from cnnlab.train.metric import Accuracy
     from cnnlab.train.runner import Runner
+    from cnnlab.train.validate import check_int
 
-    if args.batch_size <= 0:
-        raise UserError(f"--batch-size must be positive, got {args.batch_size}")
+    check_int("--batch-size", args.batch_size, 1)
     model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device, args.layout)
     config = payload.get("config") or {}
     source = args.data or config.get("data") or "bundled"
@@ -107,10 +101,10 @@ def run_evaluate(args) -> int:
                     progress=False, log=False)
     acc, loss = runner.evaluate(TensorLoader(part, args.batch_size))
     result = {"acc": acc, "loss": loss, "n": len(part), "checkpoint": str(args.checkpoint),
-              "model": (payload.get("model") or {}).get("name"), "data": source,
+              "model": payload["model"]["name"], "data": source,
               "data_split": split, "split": args.split}
     if args.json:
-        print(json.dumps(result))
+        print(json_text(result))
     else:
         print(f"{result['model']} on {source} {split}/{args.split} ({len(part)} images): "
               f"accuracy {acc:.4f}, loss {loss:.4f}")
@@ -118,14 +112,16 @@ def run_evaluate(args) -> int:
 
 
 def _model_in_channels(payload):
-    return ((payload.get("model") or {}).get("kwargs") or {}).get("in_channels")
+    return payload["model"]["kwargs"].get("in_channels")  # checked: a dict
 
 
 def run_predict(args) -> int:
     import torch
 
     from cnnlab.data.images import load_image, prepare_image
+    from cnnlab.train.validate import check_int
 
+    check_int("--batch-size", args.batch_size, 1)
     # Read every image first: a bad file fails before any model work.
     inputs = [prepare_image(load_image(p), args.invert)[1] for p in args.images]
     model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device, args.layout)
@@ -133,7 +129,7 @@ def run_predict(args) -> int:
     device = next(model.parameters()).device
     rows = []
     with torch.no_grad():
-        for start in range(0, len(inputs), max(args.batch_size, 1)):
+        for start in range(0, len(inputs), args.batch_size):
             x = torch.cat(inputs[start:start + args.batch_size]).to(device)
             if channels != 1:
                 x = x.expand(-1, channels, -1, -1)  # a grey image on every channel
@@ -143,7 +139,7 @@ def run_predict(args) -> int:
                 rows.append({"image": str(path), "class": k, "prob": float(p[k])})
     for row in rows:
         if args.json:
-            print(json.dumps(row))
+            print(json_text(row))
         else:
             print(f"{row['image']}: {row['class']} (p={row['prob']:.3f})")
     return 0

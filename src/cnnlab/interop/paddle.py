@@ -22,10 +22,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from cnnlab.atomic import atomic_write
+from cnnlab.data.safe_pickle import UnsafePickleError, dumps_arrays, safe_load
 from cnnlab.errors import UserError
 from cnnlab.interop import paddle_layouts as layouts
-from cnnlab.data.safe_pickle import UnsafePickleError, dumps_arrays, safe_load
-from cnnlab.train.checkpoint import atomic_write
 
 NAME_TABLE_KEY = "StructuredToParameterName@@"
 BIG_PARAM_KEY = "UnpackBigParamInfor@@"  # paddle.save splits arrays > 4 GB under protocol 2/3
@@ -52,10 +52,20 @@ def read_pdparams(path) -> dict[str, np.ndarray]:
     Drops the `StructuredToParameterName@@` name table. UserError for a missing, truncated or
     non-pickle file; `UnsafePickleError` (a UserError) for a pickle that names any global beyond
     numpy array/dtype reconstruction -- it is refused before anything is called."""
+    return _read_pdparams(path)[0]
+
+
+def _read_pdparams(path) -> tuple[dict[str, np.ndarray], str]:
+    """-> (arrays, SHA-256 hex) of one read of the file: the hash is of the bytes parsed."""
     path = Path(path)
+    if path.is_dir():
+        raise UserError(f"{path} is a directory, not a .pdparams file")
     if not path.is_file():
         raise UserError(f"Paddle weights file not found: {path}")
-    data = path.read_bytes()
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise UserError(f"cannot read {path}: {err.strerror or err}") from None
     if data.startswith(b"CNNLAB-CKPT"):
         raise UserError(f"{path} is a cnnlab checkpoint, not a .pdparams file: use it directly")
     if data.startswith(b"PK\x03\x04"):
@@ -70,7 +80,7 @@ def read_pdparams(path) -> dict[str, np.ndarray]:
             f"{path} is not a readable .pdparams file (empty, truncated or not a pickle): "
             f"{type(err).__name__}: {err}"
         ) from None
-    return _arrays_from(obj, path)
+    return _arrays_from(obj, path), hashlib.sha256(data).hexdigest()
 
 
 def _arrays_from(obj, path) -> dict[str, np.ndarray]:
@@ -301,7 +311,7 @@ def model_from_pdparams(path, model_name: str, layout: str | None = None, **mode
     from cnnlab.models import build_model
     from cnnlab.train.checkpoint import model_payload
 
-    arrays = read_pdparams(path)
+    arrays, sha256 = _read_pdparams(path)
     shapes = {k: tuple(a.shape) for k, a in arrays.items()}
     kwargs = {**layouts.infer_model_kwargs(model_name, shapes), **model_kwargs}
     model = build_model(model_name, **kwargs)
@@ -309,7 +319,7 @@ def model_from_pdparams(path, model_name: str, layout: str | None = None, **mode
     source = {
         "format": "paddle.pdparams",
         "path": str(path),
-        "sha256": hashlib.sha256(Path(path).read_bytes()).hexdigest(),
+        "sha256": sha256,  # of the very bytes the arrays were parsed from
         "layout": info.layout,
         "description": info.description,
     }
@@ -317,30 +327,23 @@ def model_from_pdparams(path, model_name: str, layout: str | None = None, **mode
     return model, model_payload(model_name, kwargs, model, config={"source": source}), info
 
 
-def init_model_kwargs(path, model_name: str) -> dict:
-    """Model kwargs a weights file needs beyond the data's (ResNet `stem_bias`), for `train --init`.
+def read_weights_file(path, model_name: str, layout: str | None = None) -> tuple[dict, dict, str]:
+    """A cnnlab checkpoint or a `.pdparams` file as initial weights for `train --init` ->
+    (state dict in cnnlab's names, model kwargs the weights need beyond the data's, description).
 
-    A `.pdparams` file shows whether its stem conv has a bias; a cnnlab checkpoint stores it."""
+    The only such kwarg is a ResNet's `stem_bias`, which the file shows. The file is read once;
+    the caller hands the state dict to `cnnlab.train.run.train_run(init_state=...)`."""
     if is_pdparams(path):
-        shapes = {k: tuple(a.shape) for k, a in read_pdparams(path).items()}
-        kwargs = layouts.infer_model_kwargs(model_name, shapes)
+        model, payload, info = model_from_pdparams(path, model_name, layout)
+        state, kwargs = model.state_dict(), payload["model"]["kwargs"]
+        description = f"{path} ({info.description})"
     else:
         from cnnlab.train.checkpoint import load_checkpoint
+        from cnnlab.train.checkpoint_fields import check_model
 
-        kwargs = dict((load_checkpoint(path).get("model") or {}).get("kwargs") or {})
-    return {k: v for k, v in kwargs.items() if k == "stem_bias" and model_name.startswith("resnet")}
-
-
-def load_weights_file(model: nn.Module, path, layout: str | None = None) -> str:
-    """Load a cnnlab checkpoint or a `.pdparams` file into `model` strictly -> what was loaded.
-
-    For `train --init`: the weights are a starting point; optimizer and step start afresh."""
-    if is_pdparams(path):
-        info = load_paddle_weights(model, path, source=layout)
-        return f"{path} ({info.description})"
-    from cnnlab.train.checkpoint import load_checkpoint
-    from cnnlab.train.loading import load_state_strict
-
-    payload = load_checkpoint(path)
-    load_state_strict(model, payload.get("state_dict"), strict=True, source=str(path))
-    return f"{path} ({(payload.get('model') or {}).get('name')} checkpoint)"
+        payload = load_checkpoint(path)
+        name, kwargs = check_model(payload, path)
+        state = payload["state_dict"]
+        description = f"{path} ({name} checkpoint)"
+    resnet = model_name.startswith("resnet")
+    return state, {k: v for k, v in kwargs.items() if k == "stem_bias" and resnet}, description

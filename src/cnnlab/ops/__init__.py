@@ -15,10 +15,9 @@ import torch.nn.functional as F
 
 from . import fast_conv, fast_pool, reference
 from ._checks import IMPLS, POOL_MODES, OpError, check_conv, check_pool
-from .edges import LAPLACIAN_KERNEL, laplacian_edges
 
-__all__ = ["conv2d", "pool2d", "laplacian_edges", "LAPLACIAN_KERNEL", "OpError", "IMPLS",
-           "POOL_MODES"]
+# The lab's edge detector is built on conv2d: `cnnlab.ops.edges` (laplacian_edges, edge_images).
+__all__ = ["conv2d", "pool2d", "OpError", "IMPLS", "POOL_MODES"]
 
 
 def conv2d(x, weight, bias=None, stride=1, padding=0, impl="fast"):

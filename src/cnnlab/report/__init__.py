@@ -5,7 +5,8 @@
 - `trainings.py`: the three trainings (seeds), the prediction demo, the residual claim, budget.
 - `torchvision_check.py`: ResNet18 vs torchvision, done right and the lab's (vacuous) way.
 - `lab_figures.py`: the lab's published numbers and the original code's measured ones, as data.
-- `markdown.py`, `sections.py`, `training_section.py`, `speed_section.py`: report.md.
+- `markdown.py`, `sections.py`, `training_section.py`, `speed_section.py`: report.md, all on
+  `markdown_helpers.py` (fmt, table, mark, plus_minus, ...).
 - `figures.py`: edges.png and predict.png.
 """
 

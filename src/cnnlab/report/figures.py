@@ -1,12 +1,16 @@
 """The report's own figures: the edge-detection pair (lab 5.1.7) and the prediction demo (5.3.5).
 
-Drawn on a bare matplotlib `Figure` (Agg canvas): no pyplot state, no display needed. The
-training curves come from `cnnlab.train.plots.plot_training_loss_acc`.
+Drawn on a bare matplotlib `Figure` (Agg canvas): no pyplot state, no display needed; written
+atomically. The training curves come from `cnnlab.train.plots.plot_training_loss_acc`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+
+from cnnlab.atomic import write_figure
 
 
 def _figure(size):
@@ -15,7 +19,7 @@ def _figure(size):
     return Figure(figsize=size)
 
 
-def save_edges_figure(image: np.ndarray, edges: np.ndarray, path) -> None:
+def save_edges_figure(image: np.ndarray, edges: np.ndarray, path) -> Path:
     """Two panels as the lab draws them: 'input image' and 'output feature map' (grey)."""
     fig = _figure((8, 4))
     for i, (data, title) in enumerate([(image, "input image"),
@@ -26,10 +30,10 @@ def save_edges_figure(image: np.ndarray, edges: np.ndarray, path) -> None:
         ax.set_xticks([])
         ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=80)
+    return write_figure(path, fig, dpi=80)
 
 
-def save_prediction_figure(raw: np.ndarray, true: int, pred: int, prob: float, path) -> None:
+def save_prediction_figure(raw: np.ndarray, true: int, pred: int, prob: float, path) -> Path:
     """The 28x28 digit with its true and predicted class (the lab's 2x2-inch picture)."""
     fig = _figure((2.4, 2.6))
     ax = fig.add_subplot(1, 1, 1)
@@ -39,4 +43,4 @@ def save_prediction_figure(raw: np.ndarray, true: int, pred: int, prob: float, p
     ax.set_xticks([])
     ax.set_yticks([])
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    return write_figure(path, fig, dpi=100)

@@ -5,29 +5,8 @@ relative paths. `render_report(results) -> str`; the sections are in `sections.p
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
-from cnnlab.report import sections
-
-
-def fmt(v, digits=4) -> str:
-    if v is None:
-        return "–"
-    if isinstance(v, bool):
-        return "yes" if v else "no"
-    if isinstance(v, int):
-        return f"{v:,}"
-    if isinstance(v, float):
-        return f"{v:.{digits}f}"
-    return str(v)
-
-
-def table(header, rows) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(str(c) for c in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def mark(ok) -> str:
-    return "–" if ok is None else ("**met**" if ok else "**missed**")
+from cnnlab.report import sections, training_section
+from cnnlab.report.markdown_helpers import fmt, machine_line, mark, plus_minus, table
 
 
 def render_report(results: dict) -> str:
@@ -42,9 +21,9 @@ def render_report(results: dict) -> str:
         else:
             out.append(render(phase, results).rstrip() + "\n")
     out.append("## Time and memory\n")
-    out.append(sections.render_budget(results).rstrip() + "\n")
+    out.append(training_section.render_budget(results).rstrip() + "\n")
     out.append("## What differs from the lab\n")
-    out.append(sections.render_differences(results).rstrip() + "\n")
+    out.append(training_section.render_differences(results).rstrip() + "\n")
     return "\n".join(out)
 
 
@@ -62,7 +41,7 @@ def _title(results) -> str:
                   "below are NOT comparable with the lab's. Run without `--quick` for the real "
                   "reproduction.", ""]
     lines += [f"Command: `{cmd}`  ", f"Written: {env.get('date', '–')}  ",
-              f"Machine: {sections.machine_line(env)}", "",
+              f"Machine: {machine_line(env)}", "",
               "Each figure is shown beside **the lab's published one** (" + lab.LAB_SOURCE + ") "
               "and, where it exists, **the original Paddle code's measured one** ("
               + lab.ORIGINAL_SOURCE + ").", ""]
@@ -70,32 +49,32 @@ def _title(results) -> str:
 
 
 def _summary(results) -> str:
-    ph = results["phases"]
+    phases = results["phases"]
     rows = []
     for name in lab.TRAINING_ORDER:
-        t = ph.get(f"train:{name}") or {}
-        if "runs" not in t:
+        training = phases.get(f"train:{name}") or {}
+        if "runs" not in training:
             continue
         spec = lab.TRAININGS[name]
-        acc = t["stats"]["test_acc"]
-        ours = fmt(t["runs"][0]["test_acc"])
-        if len(t["runs"]) > 1:
-            ours += f" (mean {sections.pm(acc['mean'], acc['std'])})"
+        acc = training["stats"]["test_acc"]
+        ours = fmt(training["runs"][0]["test_acc"])
+        if len(training["runs"]) > 1:
+            ours += f" (mean {plus_minus(acc['mean'], acc['std'])})"
         rows.append([f"{spec['title']}: test accuracy", ours, fmt(spec["lab"]["test_acc"]),
                      fmt(spec["original"]["test_acc"], 3),
-                     f"≥ {spec['bar']:.2f}: {mark(t['bar_met'])}"])
-    b = results.get("budget", {})
-    rows.append(["whole run, wall time", f"{fmt(b.get('command_wall_s'), 1)} s", "–",
+                     f"≥ {spec['bar']:.2f}: {mark(training['bar_met'])}"])
+    budget = results.get("budget", {})
+    rows.append(["whole run, wall time", f"{fmt(budget.get('command_wall_s'), 1)} s", "–",
                  f"{lab.ORIGINAL_TOTAL_S:.0f} s (3 trainings)",
-                 f"≤ {lab.TARGET_TOTAL_S:.0f} s: {mark(b.get('time_met'))}"])
-    rows.append(["peak RSS", f"{fmt(b.get('peak_rss_gb'), 2)} GB", "–",
+                 f"≤ {lab.TARGET_TOTAL_S:.0f} s: {mark(budget.get('time_met'))}"])
+    rows.append(["peak RSS", f"{fmt(budget.get('peak_rss_gb'), 2)} GB", "–",
                  f"{lab.ORIGINAL_PEAK_RSS_GB} GB (custom LeNet)",
-                 f"≤ {lab.TARGET_RSS_GB} GB: {mark(b.get('rss_met'))}"])
-    checks = [("operator worked examples", (ph.get("ops") or {}).get("examples")),
-              ("operator checks vs torch", (ph.get("ops") or {}).get("all_passed")),
-              ("LeNet shapes", (ph.get("shape_walk") or {}).get("all_match")),
-              ("ResNet18 vs torchvision", ((ph.get("torchvision_check") or {}).get("proper") or {})
-               .get("passed"))]
+                 f"≤ {lab.TARGET_RSS_GB} GB: {mark(budget.get('rss_met'))}"])
+    checks = [("operator worked examples", (phases.get("ops") or {}).get("examples")),
+              ("operator checks vs torch", (phases.get("ops") or {}).get("all_passed")),
+              ("LeNet shapes", (phases.get("shape_walk") or {}).get("all_match")),
+              ("ResNet18 vs torchvision",
+               ((phases.get("torchvision_check") or {}).get("proper") or {}).get("passed"))]
     lines = ["## Summary", "", table(["", "cnnlab", "lab (published)", "original code (measured)",
                                       "issue's bar"], rows), ""]
     done = []
@@ -103,7 +82,7 @@ def _summary(results) -> str:
         if isinstance(value, list):
             value = all(r.get("match") for r in value) if value else None
         done.append(f"{label}: {'pass' if value else ('–' if value is None else 'FAIL')}")
-    claim = b.get("residual_claim", {})
+    claim = budget.get("residual_claim", {})
     lines += ["Checks: " + "; ".join(done) + ".  ",
               f"The lab's claim \"residual beats plain\": **{claim.get('verdict', '–')}** "
               "(section 8).", ""]

@@ -81,10 +81,10 @@ def phase_ops(ctx) -> dict:
 def phase_edges(ctx) -> dict:
     """The lab's Laplacian edge figure on a bundled digit (test image 1; the lab used its own
     number.jpg), resized to 256x256 as the lab did: the same figure as `cnnlab edges`."""
-    from cnnlab.cli.edges import edge_images
+    from cnnlab.ops.edges import edge_images
     from cnnlab.report.figures import save_edges_figure
 
-    img, out = edge_images(None, size=256, impl="fast")
+    img, out = edge_images(ctx.data.test.raw[1].numpy(), size=256, impl="fast")
     save_edges_figure(img, out, ctx.out / "edges.png")
     return {"image": "edges.png", "digit_label": int(ctx.data.test.labels[1]),
             "input_shape": list(img.shape), "output_shape": list(out.shape),

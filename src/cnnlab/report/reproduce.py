@@ -16,14 +16,15 @@ Phases (each timed; its result goes into results.json under its key):
     prediction         10. the lab's prediction demo (predict.png)
     matmul             the FLOP/s this CPU sustains on a large float32 matmul (for the floor)
 
-Then report.md, results.json and run.json are written into `out`.
+Then report.md, results.json and run.json are written into `out` (atomically). The folder is
+locked while the command runs; an earlier reproduce's output there is replaced, a folder that
+holds a `cnnlab train` run is refused.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import resource
 import sys
 import time
 import traceback
@@ -32,7 +33,9 @@ from pathlib import Path
 
 import torch
 
+from cnnlab.atomic import DirectoryLock, write_json, write_text
 from cnnlab.errors import UserError
+from cnnlab.runinfo import peak_rss_bytes
 from cnnlab.report import lab_figures as lab
 from cnnlab.report import phases, trainings
 from cnnlab.report import torchvision_check
@@ -100,39 +103,42 @@ PHASES = [
 ]
 
 
-def measure_matmul(n: int = 2048, seconds: float = 1.0) -> dict:
-    """FLOP/s of a float32 n x n matmul (2 n^3 FLOPs each), best of repeated timed runs."""
+def measure_matmul(n: int = 2048, seconds: float = 1.0, clock=time.perf_counter) -> dict:
+    """FLOP/s of a float32 n x n matmul (2 n^3 FLOPs each), best of repeated timed runs (at least
+    3, for at least `seconds`)."""
     a, b = torch.randn(n, n), torch.randn(n, n)
     torch.mm(a, b)  # warm-up: thread pool, page faults
-    best, runs, start = float("inf"), 0, time.perf_counter()
-    while runs < 3 or time.perf_counter() - start < seconds:
-        t = time.perf_counter()
+    best, runs, start = float("inf"), 0, clock()
+    while runs < 3 or clock() - start < seconds:
+        t = clock()
         torch.mm(a, b)
-        best = min(best, time.perf_counter() - t)
+        best = min(best, clock() - t)
         runs += 1
     return {"n": n, "runs": runs, "flops_per_s": 2 * n ** 3 / best, "threads": torch.get_num_threads()}
 
 
-def peak_rss() -> dict:
-    """Peak resident set size (ru_maxrss, KiB on Linux) of this process, and of its children.
-
-    The only children are short helpers such as `uname -p` (via `platform`), forked from this
-    process: their ru_maxrss counts the parent's pages they inherit, not new memory, so the
-    peak is this process's own figure (DataLoader workers are not used: loader "tensor").
-    """
-    scale = 1 if sys.platform == "darwin" else 1024  # macOS reports bytes
-    own = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale
-    return {"self_bytes": own, "children_bytes": children, "peak_bytes": own}
-
-
 def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise UserError(f"output folder {out} exists and is not a folder")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise UserError(f"cannot create output folder {out}: {err.strerror or err}") from None
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} is not a writable folder")
+    foreign = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
+    if (out / "run.json").exists() and _command_of(out / "run.json") != "cnnlab reproduce":
+        foreign.append("run.json")
+    if foreign:
+        raise UserError(f"{out} holds a `cnnlab train` run ({', '.join(foreign)}), not the output "
+                        "of an earlier reproduce: choose another --out")
+
+
+def _command_of(run_json: Path):
+    try:
+        return json.loads(run_json.read_text()).get("command")
+    except (OSError, ValueError, AttributeError):
+        return None
 
 
 def _console(quiet: bool):
@@ -147,8 +153,13 @@ def reproduce(options: ReproduceOptions) -> dict:
 
     resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
     _check_out(options.out)
+    with DirectoryLock(options.out):  # one reproduce at a time in a folder
+        return _run_phases(options)
+
+
+def _run_phases(options: ReproduceOptions) -> dict:
     started = time.perf_counter()
-    after_imports = peak_rss()["self_bytes"]  # torch + torchvision loaded by this module's imports
+    after_imports = peak_rss_bytes()  # torch + torchvision loaded by this module's imports
     ctx = Context(options, _console(options.quiet))
     timings = []
     for i, (key, title, fn) in enumerate(PHASES, start=1):
@@ -164,7 +175,7 @@ def reproduce(options: ReproduceOptions) -> dict:
             ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
         dt = time.perf_counter() - t
         timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
-                        "peak_rss_bytes": peak_rss()["self_bytes"]})
+                        "peak_rss_bytes": peak_rss_bytes()})
         ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
     total = time.perf_counter() - started
     results = {
@@ -174,7 +185,12 @@ def reproduce(options: ReproduceOptions) -> dict:
         "timings": timings,
         "total_wall_s": total,
         "process_wall_s": _process_wall_s(),
-        "resources": {**peak_rss(), "after_imports_bytes": after_imports},
+        # The only children are short helpers such as `uname -p` (via `platform`), forked from
+        # this process: their peak counts the parent's pages they inherit, not new memory, so
+        # the peak is this process's own (DataLoader workers are not used: loader "tensor").
+        "resources": {"peak_bytes": peak_rss_bytes(),
+                      "children_bytes": peak_rss_bytes(children=True),
+                      "after_imports_bytes": after_imports},
         "environment": environment(),
     }
     results["budget"] = trainings.budget(results)
@@ -189,24 +205,26 @@ def _summary_table(results):
     """The headline figures for the terminal: ours beside the lab's and the original code's."""
     from rich.table import Table
 
-    t = Table(title="cnnlab reproduce", show_lines=False)
+    table = Table(title="cnnlab reproduce", show_lines=False)
     for col in ("", "cnnlab", "lab", "original code", "bar"):
-        t.add_column(col, justify="left" if not col else "right")
+        table.add_column(col, justify="left" if not col else "right")
     for name in lab.TRAINING_ORDER:
-        ph = results["phases"].get(f"train:{name}") or {}
-        if "runs" not in ph:
-            t.add_row(f"{name} test acc", "failed", "", "", "")
+        training = results["phases"].get(f"train:{name}") or {}
+        if "runs" not in training:
+            table.add_row(f"{name} test acc", "failed", "", "", "")
             continue
-        spec, acc = lab.TRAININGS[name], ph["runs"][0]["test_acc"]
-        t.add_row(f"{name} test acc", f"{acc:.4f}", f"{spec['lab']['test_acc']:.4f}",
-                  f"{spec['original']['test_acc']:.3f}",
-                  f"≥ {spec['bar']:.2f} {'met' if ph['bar_met'] else 'MISSED'}")
-    b = results["budget"]
-    t.add_row("wall time", f"{b['command_wall_s']:.1f} s", "", f"{lab.ORIGINAL_TOTAL_S:.0f} s",
-              f"≤ {lab.TARGET_TOTAL_S:.0f} s {'met' if b['time_met'] else 'MISSED'}")
-    t.add_row("peak RSS", f"{b['peak_rss_gb']:.2f} GB", "", f"{lab.ORIGINAL_PEAK_RSS_GB} GB",
-              f"≤ {lab.TARGET_RSS_GB} GB {'met' if b['rss_met'] else 'MISSED'}")
-    return t
+        spec, acc = lab.TRAININGS[name], training["runs"][0]["test_acc"]
+        table.add_row(f"{name} test acc", f"{acc:.4f}", f"{spec['lab']['test_acc']:.4f}",
+                      f"{spec['original']['test_acc']:.3f}",
+                      f"≥ {spec['bar']:.2f} {'met' if training['bar_met'] else 'MISSED'}")
+    budget = results["budget"]
+    table.add_row("wall time", f"{budget['command_wall_s']:.1f} s", "",
+                  f"{lab.ORIGINAL_TOTAL_S:.0f} s",
+                  f"≤ {lab.TARGET_TOTAL_S:.0f} s {'met' if budget['time_met'] else 'MISSED'}")
+    table.add_row("peak RSS", f"{budget['peak_rss_gb']:.2f} GB", "",
+                  f"{lab.ORIGINAL_PEAK_RSS_GB} GB",
+                  f"≤ {lab.TARGET_RSS_GB} GB {'met' if budget['rss_met'] else 'MISSED'}")
+    return table
 
 
 def _process_wall_s():
@@ -223,9 +241,9 @@ def _write_outputs(ctx, results) -> None:
     from cnnlab.report.markdown import render_report
 
     out = ctx.out
-    _write_json(out / "results.json", results)
-    _write_json(out / "run.json", run_info(ctx.options, results))
-    (out / "report.md").write_text(render_report(results))
+    write_json(out / "results.json", results)
+    write_json(out / "run.json", run_info(ctx.options, results))
+    write_text(out / "report.md", render_report(results))
 
 
 def run_info(options, results) -> dict:
@@ -246,19 +264,3 @@ def environment() -> dict:
     except OSError:
         pass
     return env
-
-
-def _write_json(path: Path, obj) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=_json_default) + "\n")
-    os.replace(tmp, path)
-
-
-def _json_default(obj):
-    if isinstance(obj, Path):
-        return str(obj)
-    if isinstance(obj, torch.Tensor):
-        return obj.tolist()
-    if hasattr(obj, "item"):
-        return obj.item()
-    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")

@@ -1,118 +1,74 @@
-"""One renderer per section of report.md: `render(phase_result, results) -> markdown`."""
+"""One renderer per section of report.md: `render(phase_result, results) -> markdown`, and
+`SECTIONS`, their order and titles."""
 
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
-
-
-def _m():
-    from cnnlab.report import markdown  # late: markdown imports this module
-
-    return markdown
-
-
-def fmt(v, digits=4):
-    return _m().fmt(v, digits)
-
-
-def table(header, rows):
-    return _m().table(header, rows)
-
-
-def pm(mean, std, digits=4) -> str:
-    if mean is None:
-        return "–"
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
-
-
-def machine_line(env) -> str:
-    parts = [str(env.get("cpu", "–"))]
-    if env.get("cpus_usable"):
-        parts.append(f"{env['cpus_usable']} usable cores")
-    if env.get("torch_threads"):
-        parts.append(f"torch threads {env['torch_threads']}")
-    if env.get("cuda"):
-        parts.append(f"GPU {env['cuda'].get('device')}")
-    versions = env.get("versions") or {}
-    parts += [f"{k} {versions[k]}" for k in ("torch", "torchvision") if versions.get(k)]
-    parts.append(f"Python {env.get('python', '–')}")
-    return ", ".join(parts)
-
-
-def _shape(s) -> str:
-    return "[" + ", ".join(str(v) for v in s) + "]" if s is not None else "–"
-
-
-def _arr(v) -> str:
-    """A nested list as compact text: [[25, 31], [43, 49]]."""
-    if isinstance(v, list):
-        return "[" + ", ".join(_arr(x) for x in v) + "]"
-    if isinstance(v, float) and v == int(v):
-        return str(int(v))
-    return str(v)
+from cnnlab.report import speed_section, training_section
+from cnnlab.report.markdown_helpers import array_text, fmt, sci, shape_text, table
 
 
 # ------------------------------------------------------------------------------ sections
 
-def render_data(p, results) -> str:
-    s = p["sizes"]
-    return (f"Source: {p['source']}; split `{p['split']}`: {s['train']:,} train / {s['dev']:,} dev / "
-            f"{s['test']:,} test images, preprocessed once to float32 {_shape(p['image_shape'])} "
+def render_data(phase, results) -> str:
+    sizes = phase["sizes"]
+    return (f"Source: {phase['source']}; split `{phase['split']}`: {sizes['train']:,} train / "
+            f"{sizes['dev']:,} dev / {sizes['test']:,} test images, preprocessed once to float32 "
+            f"{shape_text(phase['image_shape'])} "
             "(PIL bilinear resize 28→32, then (x − 127.5)/127.5, as the lab). The lab used the "
             "first 1000/200/200 images of its own `mnist.json.gz`, which is not public.\n")
 
 
-def render_ops(p, results) -> str:
+def render_ops(phase, results) -> str:
     rows = []
-    for r in p["examples"]:
+    for r in phase["examples"]:
         if r["key"] == "conv_shapes":
-            lab_v = f"{_shape(r['lab']['stride1'])}, {_shape(r['lab']['stride2'])}"
-            vals = [f"{_shape(r[i]['stride1'])}, {_shape(r[i]['stride2'])}" for i in ("reference", "fast")]
-        elif r["key"] == "conv_multichannel":
-            lab_v = "3 × " + _arr(r["lab"][0])
-            vals = [("3 × " + _arr(r[i][0])) if all(c == r[i][0] for c in r[i]) else _arr(r[i])
+            lab_v = f"{shape_text(r['lab']['stride1'])}, {shape_text(r['lab']['stride2'])}"
+            vals = [f"{shape_text(r[i]['stride1'])}, {shape_text(r[i]['stride2'])}"
                     for i in ("reference", "fast")]
+        elif r["key"] == "conv_multichannel":
+            lab_v = "3 × " + array_text(r["lab"][0])
+            vals = [("3 × " + array_text(r[i][0])) if all(c == r[i][0] for c in r[i])
+                    else array_text(r[i]) for i in ("reference", "fast")]
         else:
-            lab_v = _arr(r["lab"])
-            vals = [_arr(r[i]) for i in ("reference", "fast")]
+            lab_v = array_text(r["lab"])
+            vals = [array_text(r[i]) for i in ("reference", "fast")]
         rows.append([r["what"], lab_v, *vals, "yes" if r["match"] else "**NO**"])
     out = ["The lab's printed examples, computed by our loop (`reference`) and vectorised (`fast`) "
            "operators:", "",
            table(["example", "lab printed", "cnnlab reference", "cnnlab fast", "equal"], rows), "",
            "Equivalence with torch (`torch.nn.functional`), outputs and gradients, largest "
            "absolute difference:", ""]
-    checks = p["checks"]
-    crow = [[c["name"], _sci(c["max_abs_diff"]), _sci(c["tolerance"]),
+    checks = phase["checks"]
+    crow = [[c["name"], sci(c["max_abs_diff"]), sci(c["tolerance"]),
              "pass" if c["passed"] else "**FAIL**"] for c in checks]
     worst = max((c for c in checks if c["max_abs_diff"] is not None),
                 key=lambda c: c["max_abs_diff"] / (c["tolerance"] or 1), default=None)
     failed = [c["name"] for c in checks if not c["passed"]]
     out += [f"**{sum(c['passed'] for c in checks)} of {len(checks)} checks pass**"
             + (f"; failed: {', '.join(failed)}" if failed else "")
-            + (f". Closest to its tolerance: {worst['name']}, {_sci(worst['max_abs_diff'])} "
-               f"(tolerance {_sci(worst['tolerance'])})." if worst else "."), "",
+            + (f". Closest to its tolerance: {worst['name']}, {sci(worst['max_abs_diff'])} "
+               f"(tolerance {sci(worst['tolerance'])})." if worst else "."), "",
             "<details><summary>every check</summary>", "",
             table(["check", "max abs diff", "tolerance", ""], crow), "", "</details>", ""]
     return "\n".join(out)
 
 
-def _sci(v) -> str:
-    return "–" if v is None else f"{v:.1e}"
-
-
-def render_edges(p, results) -> str:
-    return (f"![Laplacian edge detection]({p['image']})\n\n"
+def render_edges(phase, results) -> str:
+    return (f"![Laplacian edge detection]({phase['image']})\n\n"
             f"The 8-neighbour Laplacian kernel [[-1,-1,-1],[-1,8,-1],[-1,-1,-1]] applied with our "
-            f"convolution to a bundled test digit (a {p['digit_label']}) resized to 256×256, as the "
-            f"lab did with its own `number.jpg`: input {_shape(p['input_shape'])} → feature map "
-            f"{_shape(p['output_shape'])} (no padding), values {p['output_range'][0]:.0f} to "
-            f"{p['output_range'][1]:.0f}. The outline of the digit stands out, as in the lab.\n")
+            f"convolution to a bundled test digit (a {phase['digit_label']}) resized to 256×256, as "
+            f"the lab did with its own `number.jpg`: input {shape_text(phase['input_shape'])} → "
+            f"feature map {shape_text(phase['output_shape'])} (no padding), values "
+            f"{phase['output_range'][0]:.0f} to {phase['output_range'][1]:.0f}. The outline of the "
+            "digit stands out, as in the lab.\n")
 
 
-def render_shape_walk(p, results) -> str:
-    rows = [[r["name"], _shape(r["output"]), _shape(r["weight"]), _shape(r["bias"]),
-             r["lab_name"], _shape(r["lab_output"]), _shape(r["lab_weight"]), _shape(r["lab_bias"]),
-             "yes" if r["output_match"] else "**NO**"] for r in p["rows"]]
+def render_shape_walk(phase, results) -> str:
+    rows = [[r["name"], shape_text(r["output"]), shape_text(r["weight"]), shape_text(r["bias"]),
+             r["lab_name"], shape_text(r["lab_output"]), shape_text(r["lab_weight"]),
+             shape_text(r["lab_bias"]),
+             "yes" if r["output_match"] else "**NO**"] for r in phase["rows"]]
     return "\n".join([
         "One [1, 1, 32, 32] input through LeNet-5's seven layers (the lab's loop over "
         "`model.sublayers()`):", "",
@@ -124,8 +80,8 @@ def render_shape_walk(p, results) -> str:
         "them into Paddle's LeNet).", ""])
 
 
-def render_counting(p, results) -> str:
-    le, rn = p["lenet"], p["resnet18"]
+def render_counting(phase, results) -> str:
+    le, rn = phase["lenet"], phase["resnet18"]
     rows = []
     for ours, (lname, lparams, lflops) in zip(le["layers"], lab.LENET_LAYERS):
         rows.append([ours["name"], ours["type"], fmt(ours["params"]), fmt(lparams),
@@ -158,20 +114,12 @@ def render_counting(p, results) -> str:
         f"{lab.RESNET18_LAB_PARAMS:,}.", ""])
 
 
-def render_speed(p, results) -> str:
-    from cnnlab.report.speed_section import render
-
-    return render(p)
+def render_speed(phase, results) -> str:
+    return speed_section.render(phase)
 
 
-def render_training(p, results) -> str:
-    from cnnlab.report.training_section import render
-
-    return render(p, results)
-
-
-def render_torchvision(p, results) -> str:
-    good, bad = p["proper"], p["lab_protocol"]
+def render_torchvision(phase, results) -> str:
+    good, bad = phase["proper"], phase["lab_protocol"]
     reasons = "\n".join(f"- {r}" for r in lab.TORCHVISION_CHECK["why_vacuous"])
     return "\n".join([
         "The lab loaded paddle.vision's `resnet18` weights into its own ResNet18 and printed "
@@ -180,10 +128,11 @@ def render_torchvision(p, results) -> str:
         "Done right here (the same check as `cnnlab check`): torchvision's `resnet18` with random "
         "weights and random, non-default BN running statistics and affine parameters, loaded "
         "**strictly** into ours (built with `stem_bias=False, in_channels=3, num_classes=1000`) "
-        f"and back; both in **eval** mode; {good['dtype']}; a batch {_shape(good['input'])}; the "
+        f"and back; both in **eval** mode; {good['dtype']}; a batch {shape_text(good['input'])}; "
+        "the "
         "largest **absolute** difference of the logits:", "",
         table(["check", "max abs diff", "tolerance", "result"], [
-            [c["name"], _sci(c["max_abs_diff"]), _sci(c["tolerance"]),
+            [c["name"], sci(c["max_abs_diff"]), sci(c["tolerance"]),
              "pass" if c["passed"] else "**FAIL**" + (f" ({c['error']})" if c.get("error") else "")]
             for c in good["checks"]]), "",
         "The lab's procedure, applied to a model that shares **only the final linear layer** with "
@@ -192,34 +141,22 @@ def render_torchvision(p, results) -> str:
             ["eval-mode max abs diff (the models really differ)", f"{bad['eval_mode_max_abs_diff']:.3f}"],
             ["torch, train mode, one image", "refuses: " + (bad.get("torch_refusal") or "–")],
             ["the lab's check (train mode, one 3×32×32 image, max(diff)), Paddle's arithmetic",
-             _sci(bad.get("max_diff"))]]), "",
+             sci(bad.get("max_diff"))]]), "",
         "The lab's check reports ≈ 0 for two different networks: with one image in train mode, "
         "every BatchNorm on the 1×1 maps of the last stage outputs its bias, so every logit equals "
         "the final layer's bias whatever the convolutions hold.", ""])
 
 
-def render_prediction(p, results) -> str:
-    verdict = "correct" if p["correct"] else "wrong"
+def render_prediction(phase, results) -> str:
+    verdict = "correct" if phase["correct"] else "wrong"
     return "\n".join([
-        f"![prediction]({p['image']})", "",
+        f"![prediction]({phase['image']})", "",
         table(["", "true class", "predicted class", "probability"], [
-            ["cnnlab (best LeNet, first test batch, sample 1)", p["true"], p["pred"],
-             f"{p['prob']:.3f}"],
-            ["lab printout", p["lab"]["true"], p["lab"]["pred"], "not printed"]]), "",
+            ["cnnlab (best LeNet, first test batch, sample 1)", phase["true"], phase["pred"],
+             f"{phase['prob']:.3f}"],
+            ["lab printout", phase["lab"]["true"], phase["lab"]["pred"], "not printed"]]), "",
         f"The prediction is {verdict}. Our test images are not the lab's (see \"What differs\"), "
         "so the digit itself differs.", ""])
-
-
-def render_budget(results) -> str:
-    from cnnlab.report.training_section import render_budget as rb
-
-    return rb(results)
-
-
-def render_differences(results) -> str:
-    from cnnlab.report.training_section import render_differences as rd
-
-    return rd(results)
 
 
 SECTIONS = [
@@ -229,9 +166,9 @@ SECTIONS = [
     ("shape_walk", "3. LeNet-5 layer by layer", render_shape_walk),
     ("counting", "4. Parameters and FLOPs", render_counting),
     ("speed", "5. Custom vs native operators: speed", render_speed),
-    ("train:lenet", "6. LeNet-5 training with the custom (fast) operators", render_training),
-    ("train:resnet18-plain", "7. ResNet18 without residual connections", render_training),
-    ("train:resnet18", "8. ResNet18 with residual connections", render_training),
+    ("train:lenet", "6. LeNet-5 training with the custom (fast) operators", training_section.render),
+    ("train:resnet18-plain", "7. ResNet18 without residual connections", training_section.render),
+    ("train:resnet18", "8. ResNet18 with residual connections", training_section.render),
     ("torchvision_check", "9. Our ResNet18 vs torchvision's", render_torchvision),
     ("prediction", "10. Prediction demo", render_prediction),
 ]

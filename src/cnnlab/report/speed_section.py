@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
+from cnnlab.report.markdown_helpers import table
 
 
 def _table(rows, name):
-    from cnnlab.report.sections import table
-
     return table(["layer shape", "where", "native ms", f"{name} ms", f"{name} / native",
                   "algorithm"],
                  [[f"`{r['shape'].strip()}`", r["where"], f"{r['native_ms']:.2f}",
@@ -17,32 +16,30 @@ def _table(rows, name):
 def _reference(ref) -> list[str]:
     if ref is None:
         return ["The lab's loops were not timed (`--quick`).", ""]
-    m, orig = ref["model"], lab.ORIGINAL_LENET_FORWARD
+    model_ms, orig = ref["model"], lab.ORIGINAL_LENET_FORWARD
     return [
         "**The lab's loops (`impl=\"reference\"`) / native, forward on one image** (what the "
         "lab's speed cell timed), per LeNet layer — geometric mean "
         f"**{ref['geomean']:,.0f}×**:", "",
         _table(ref["rows"], "loops"), "",
-        _whole(m, orig), ""]
+        _whole(model_ms, orig), ""]
 
 
-def _whole(m, orig) -> str:
-    from cnnlab.report.sections import table
-
+def _whole(model_ms, orig) -> str:
     return table(["LeNet-5 forward, one 1×32×32 image", "loops", "native", "loops / native"], [
-        ["cnnlab (torch, the lab's loops as `reference`)", f"{m['reference_ms']:.1f} ms",
-         f"{m['native_ms']:.2f} ms", f"**{m['ratio']:,.0f}×**"],
+        ["cnnlab (torch, the lab's loops as `reference`)", f"{model_ms['reference_ms']:.1f} ms",
+         f"{model_ms['native_ms']:.2f} ms", f"**{model_ms['ratio']:,.0f}×**"],
         ["original Paddle code (measured, reference.md)", f"{orig['custom_s'] * 1e3:,.0f} ms",
          f"{orig['native_s'] * 1e3:.2f} ms", f"**≈{orig['ratio']:,}×**"],
         ["the lab (published)", "interrupted, no figure", "–", "–"]])
 
 
-def render(p) -> str:
-    conv, pool, ref = p["conv"], p["pool"], p["reference"]
-    env = p.get("environment", {})
+def render(phase) -> str:
+    conv, pool, ref = phase["conv"], phase["pool"], phase["reference"]
+    env = phase.get("environment", {})
     return "\n".join([
         f"Forward + backward (gradients of input, weight and bias), float32, CPU with "
-        f"{env.get('threads', '–')} torch threads, batch {p['batch']}. Each ratio is the median "
+        f"{env.get('threads', '–')} torch threads, batch {phase['batch']}. Each ratio is the median "
         "of interleaved A/B pairs measured in this run (load from other processes hits both "
         "sides alike); a ratio below 1 means ours is faster. `cnnlab.analysis.speed`, also "
         "`benchmarks/ops.py` for the full table.", "",

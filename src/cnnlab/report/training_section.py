@@ -4,100 +4,88 @@ budget, and what differs from the lab."""
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
-from cnnlab.report.sections import fmt, pm, table
+from cnnlab.report.markdown_helpers import fmt, mark, plus_minus, relative_to, table
 
-
-def _mark(ok):
-    return "–" if ok is None else ("**met**" if ok else "**missed**")
-
-
-def render(p, results) -> str:
-    runs, st = p["runs"], p["stats"]
+def render(phase, results) -> str:
+    runs, stats = phase["runs"], phase["stats"]
     first = runs[0]
     cfg = first.get("config") or {}
     multi = len(runs) > 1
     seeds = ", ".join(str(r["seed"]) for r in runs)
     init = {"lab": "the lab's (Paddle's default initialisers)",
             "torch": "torch's defaults"}.get(cfg.get("weight_init"), cfg.get("weight_init", "–"))
-    settings = (f"SGD, lr {p['lr']}, batch {cfg.get('batch_size', 64)}, "
+    settings = (f"SGD, lr {phase['lr']}, batch {cfg.get('batch_size', 64)}, "
                 f"{cfg.get('epochs', 5)} epochs, log/eval every {cfg.get('eval_steps', 15)} steps, "
                 f"seed{'s' if multi else ''} {seeds}, initial weights {init}; run directory "
-                + ", ".join(f"`{_rel(r['run_dir'], results)}/`" for r in runs[:3])
+                + ", ".join(f"`{relative_to(r['run_dir'], results['options']['out'])}/`"
+                            for r in runs[:3])
                 + (" …" if len(runs) > 3 else ""))
 
     def ours(key, digits=4):
         v = fmt(first[key], digits)
         if multi:
-            v += f" (mean {pm(st[key]['mean'], st[key]['std'], digits)})"
+            v += f" (mean {plus_minus(stats[key]['mean'], stats[key]['std'], digits)})"
         return v
 
     label = f"cnnlab (seed {first['seed']})" if multi else "cnnlab"
-    orig = p["original"]
+    orig = phase["original"]
     rows = [
-        ["best dev accuracy", ours("best_dev", 3), fmt(p["lab"]["best_dev"], 3), "–"],
-        ["test accuracy", ours("test_acc"), fmt(p["lab"]["test_acc"]), fmt(orig["test_acc"], 3)],
-        ["test loss", ours("test_loss"), fmt(p["lab"]["test_loss"]), fmt(orig["test_loss"], 3)],
+        ["best dev accuracy", ours("best_dev", 3), fmt(phase["lab"]["best_dev"], 3), "–"],
+        ["test accuracy", ours("test_acc"), fmt(phase["lab"]["test_acc"]), fmt(orig["test_acc"], 3)],
+        ["test loss", ours("test_loss"), fmt(phase["lab"]["test_loss"]), fmt(orig["test_loss"], 3)],
         ["training wall time", f"{fmt(first['wall_s'], 1)} s", "–",
          f"{orig['wall_s']:.0f} s" + (f" ({orig['note']})" if orig.get("note") else "")],
     ]
     out = [f"Settings (the lab's, unchanged): {settings}.", "",
            table(["", label, "lab (published)", "original code (measured)"], rows), "",
-           f"The issue's bar, test accuracy ≥ {p['bar']:.2f}: {_mark(p['bar_met'])} "
+           f"The issue's bar, test accuracy ≥ {phase['bar']:.2f}: {mark(phase['bar_met'])} "
            f"({fmt(first['test_acc'])} with seed {first['seed']}"
-           + (f"; mean over seeds {pm(st['test_acc']['mean'], st['test_acc']['std'])}" if multi else "")
+           + (f"; mean over seeds {plus_minus(stats['test_acc']['mean'], stats['test_acc']['std'])}"
+              if multi else "")
            + ").", ""]
     if multi:
         out += [table(["seed", "best dev", "test acc", "test loss", "wall s"],
                       [[r["seed"], fmt(r["best_dev"], 3), fmt(r["test_acc"]), fmt(r["test_loss"]),
                         fmt(r["wall_s"], 1)] for r in runs]), ""]
-    for path, r in list(zip(p["curves"], runs))[:3]:
-        out += [f"![{p['title']}, seed {r['seed']}: loss and dev accuracy]({path})", ""]
-    if p["model"] == "resnet18":
+    for path, r in list(zip(phase["curves"], runs))[:3]:
+        out += [f"![{phase['title']}, seed {r['seed']}: loss and dev accuracy]({path})", ""]
+    if phase["model"] == "resnet18":
         out += [render_claim(results)]
     return "\n".join(out)
 
 
-def _rel(path, results) -> str:
-    from pathlib import Path
-
-    out = Path(results["options"]["out"])
-    try:
-        return Path(path).relative_to(out).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
-
-
 def render_claim(results) -> str:
-    c = results.get("budget", {}).get("residual_claim", {})
-    ph = results["phases"]
-    plain = ph.get("train:resnet18-plain", {}).get("stats", {}).get("test_acc", {})
-    resid = ph.get("train:resnet18", {}).get("stats", {}).get("test_acc", {})
+    claim = results.get("budget", {}).get("residual_claim", {})
+    phases = results["phases"]
+    plain = phases.get("train:resnet18-plain", {}).get("stats", {}).get("test_acc", {})
+    resid = phases.get("train:resnet18", {}).get("stats", {}).get("test_acc", {})
     head = ("### Does the residual connection help? (the lab's claim, tested)\n\n"
             "The lab concluded from one run each (0.8100 plain vs 0.8800 residual, with different "
             "learning rates, 0.005 and 0.01, as here) that the residual connection improves the "
             "result. The original code re-run gave 0.875 vs 0.900.\n")
-    if c.get("verdict") in (None, "not run"):
+    if claim.get("verdict") in (None, "not run"):
         return head + "\nNot tested: a training did not run.\n"
-    se = c["binomial_se"]
+    se = claim["binomial_se"]
     lines = [head, table(["", "plain", "residual", "residual − plain"], [
-        ["test accuracy" + (" (mean ± std)" if c["n_seeds"] > 1 else ""),
-         pm(plain.get("mean"), plain.get("std")), pm(resid.get("mean"), resid.get("std")),
-         pm(c["mean_diff"], c.get("std_diff"))]]), ""]
-    note = (f"one test image is {1 / c['n_test']:.3f} of accuracy, and the sampling error of "
-            f"one accuracy on {c['n_test']} images is about ±{se:.3f} (binomial standard error)")
-    if c["n_seeds"] == 1:
+        ["test accuracy" + (" (mean ± std)" if claim["n_seeds"] > 1 else ""),
+         plus_minus(plain.get("mean"), plain.get("std")),
+         plus_minus(resid.get("mean"), resid.get("std")),
+         plus_minus(claim["mean_diff"], claim.get("std_diff"))]]), ""]
+    note = (f"one test image is {1 / claim['n_test']:.3f} of accuracy, and the sampling error of "
+            f"one accuracy on {claim['n_test']} images is about ±{se:.3f} (binomial standard error)")
+    if claim["n_seeds"] == 1:
         # the difference of two independent accuracies has sqrt(2) x the error of one
-        size = ("within" if abs(c["mean_diff"]) <= 2 * 2 ** 0.5 * se else "larger than")
-        lines += [f"**Verdict: {c['verdict']}.** The difference, {c['mean_diff']:+.3f}, is {size} "
-                  f"the sampling noise of the test set alone ({note}), but one run per model "
+        size = ("within" if abs(claim["mean_diff"]) <= 2 * 2 ** 0.5 * se else "larger than")
+        lines += [f"**Verdict: {claim['verdict']}.** The difference, {claim['mean_diff']:+.3f}, "
+                  f"is {size} the sampling noise of the test set alone ({note}), but one run per model "
                   "says nothing about how much a result moves from seed to seed, and the two "
                   "runs also differ in learning rate. Run `cnnlab reproduce --seeds N` (N ≥ 3) "
                   "to test the claim.", ""]
     else:
-        lines += [f"Paired by seed, residual beats plain in {c['wins']} of {c['n_seeds']} seeds "
-                  f"({c['ties']} ties); mean difference {c['mean_diff']:+.4f} ± {c['se_diff']:.4f} "
-                  f"(standard error), t = {c['t']:.2f}; {note}.", "",
-                  f"**Verdict: {c['verdict']}** for the lab's two configurations, which also "
+        lines += [f"Paired by seed, residual beats plain in {claim['wins']} of "
+                  f"{claim['n_seeds']} seeds ({claim['ties']} ties); mean difference "
+                  f"{claim['mean_diff']:+.4f} ± {claim['se_diff']:.4f} (standard error), t = {claim['t']:.2f}; {note}.", "",
+                  f"**Verdict: {claim['verdict']}** for the lab's two configurations, which also "
                   "differ in learning rate (\"supported\" needs a win in every seed and a mean "
                   "difference above two standard errors; \"not supported\": mean difference "
                   "≤ 0).", ""]
@@ -105,24 +93,24 @@ def render_claim(results) -> str:
 
 
 def render_budget(results) -> str:
-    b = results["budget"]
-    rows = [[t["title"], f"{t['wall_s']:.1f}", "" if t["status"] == "ok" else "**failed**"]
-            for t in results["timings"]]
-    rows.append(["**total (in process)**", f"**{b['total_wall_s']:.1f}**", ""])
+    budget = results["budget"]
+    rows = [[timing["title"], f"{timing['wall_s']:.1f}",
+             "" if timing["status"] == "ok" else "**failed**"] for timing in results["timings"]]
+    rows.append(["**total (in process)**", f"**{budget['total_wall_s']:.1f}**", ""])
     if results.get("process_wall_s"):
         rows.append(["total including interpreter start and imports",
                      f"{results['process_wall_s']:.1f}", ""])
-    rate = b.get("matmul_flops_per_s")
-    flops = b["training_flops"]
+    rate = budget.get("matmul_flops_per_s")
+    flops = budget["training_flops"]
     lines = [table(["phase", "wall s", ""], rows), "",
              table(["", "cnnlab", "original code", "target (issue 3)", ""], [
-                 ["wall time, whole command", f"{b['command_wall_s']:.1f} s",
+                 ["wall time, whole command", f"{budget['command_wall_s']:.1f} s",
                   f"{lab.ORIGINAL_TOTAL_S:.0f} s (the 3 trainings)",
-                  f"≤ {lab.TARGET_TOTAL_S:.0f} s", _mark(b["time_met"])],
-                 ["peak RSS", f"{b['peak_rss_gb']:.2f} GB",
+                  f"≤ {lab.TARGET_TOTAL_S:.0f} s", mark(budget["time_met"])],
+                 ["peak RSS", f"{budget['peak_rss_gb']:.2f} GB",
                   f"{lab.ORIGINAL_PEAK_RSS_GB} GB (custom LeNet)", f"≤ {lab.TARGET_RSS_GB} GB",
-                  _mark(b["rss_met"])]]), "",
-             f"Speed-up over the original code: {b['speedup_vs_original']:.1f}×. Peak RSS is "
+                  mark(budget["rss_met"])]]), "",
+             f"Speed-up over the original code: {budget['speedup_vs_original']:.1f}×. Peak RSS is "
              "`getrusage(RUSAGE_SELF).ru_maxrss` of this process; it starts at "
              f"{_baseline(results)} after importing torch and torchvision. No worker processes "
              "are used (the only children are short `uname` calls, forked copies that add no "
@@ -133,9 +121,9 @@ def render_budget(results) -> str:
                   "ops; × 3 for forward + backward × training images × epochs, + 1 × every "
                   "evaluated dev/test image). This CPU sustains "
                   f"{rate / 1e9:.0f} GFLOP/s on a float32 2048×2048 matmul (measured in this run), "
-                  f"so no implementation can train them in less than {b['floor_s']:.1f} s; ours "
-                  f"took {b['training_wall_s']:.1f} s ({100 * (b['efficiency'] or 0):.0f}% of the "
-                  "matmul rate). Small feature maps (ResNet18's last stages are 2×2 and 1×1 on "
+                  f"so no implementation can train them in less than {budget['floor_s']:.1f} s; ours "
+                  f"took {budget['training_wall_s']:.1f} s "
+                  f"({100 * (budget['efficiency'] or 0):.0f}% of the matmul rate). Small feature maps (ResNet18's last stages are 2×2 and 1×1 on "
                   "32×32 inputs), batch norm, and per-step overhead keep real layers below it.", ""]
     load = (results.get("environment") or {}).get("load_average")
     if load:
@@ -145,8 +133,8 @@ def render_budget(results) -> str:
 
 
 def _baseline(results) -> str:
-    b = results["resources"].get("after_imports_bytes")
-    return f"{b / 1e9:.2f} GB" if b else "–"
+    after_imports = results["resources"].get("after_imports_bytes")
+    return f"{after_imports / 1e9:.2f} GB" if after_imports else "–"
 
 
 def render_differences(results) -> str:

@@ -13,6 +13,7 @@ import math
 import statistics
 
 from cnnlab.report import lab_figures as lab
+from cnnlab.report.markdown_helpers import relative_to
 
 FIRST_SEED = 100
 # --quick: 2 steps of batch 32 (the Runner evaluates after step 1, so best.pt exists), 1 epoch.
@@ -55,7 +56,9 @@ def _train_one(ctx, name: str, seed: int) -> dict:
         extra = {"epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "eval_steps": 1, "log_steps": 1}
     config = TrainConfig(model=name, seed=seed, out=str(folder), device=opts.device,
                          quiet=opts.quiet, **extra)
-    run = train_run(config, data=data)  # the data is loaded once and shared by every training
+    # The data is loaded once and shared by every training; a run of an earlier reproduce in
+    # the same folder is replaced.
+    run = train_run(config, data=data, overwrite=True)
     history = json.loads((folder / "history.json").read_text())
     return {
         "model": name, "seed": seed, "run_dir": str(folder),
@@ -92,20 +95,11 @@ def training_phase(name: str):
             "model": name, "title": spec["title"], "lr": spec["lr"], "runs": runs, "stats": stats,
             "lab": spec["lab"], "original": spec["original"], "bar": spec["bar"],
             "bar_met": first["test_acc"] is not None and first["test_acc"] >= spec["bar"],
-            "curves": [_rel(ctx, r["run_dir"]) + "/curves.png" for r in runs],
+            "curves": [relative_to(r["run_dir"], ctx.out) + "/curves.png" for r in runs],
         }
 
     phase.__name__ = f"phase_train_{name.replace('-', '_')}"
     return phase
-
-
-def _rel(ctx, path) -> str:
-    from pathlib import Path
-
-    try:
-        return Path(path).relative_to(ctx.out).as_posix()
-    except ValueError:
-        return Path(path).as_posix()
 
 
 # --------------------------------------------------------------- "residual beats plain"
@@ -168,7 +162,7 @@ def phase_prediction(ctx) -> dict:
     true = int(test.labels[i])
     path = ctx.out / "predict.png"
     save_prediction_figure(test.raw[i].numpy(), true, pred, float(probs[i, pred]), path)
-    return {"checkpoint": _rel(ctx, folder / "best.pt"), "sample": i, "true": true,
+    return {"checkpoint": relative_to(folder / "best.pt", ctx.out), "sample": i, "true": true,
             "pred": pred, "prob": float(probs[i, pred]), "correct": pred == true,
             "image": "predict.png",
             "lab": {"true": lab.PREDICTION["lab_true"], "pred": lab.PREDICTION["lab_pred"]}}

@@ -2,14 +2,16 @@
 
 File layout: one header line `CNNLAB-CKPT 1 <sha256 hex of payload>\n`, then the payload as written
 by `torch.save` (a zip archive, pickle protocol 2). `torch.save` alone is not atomic and `torch.load`
-accepts bit-flipped files silently, hence the header and the write-then-rename.
+accepts bit-flipped files silently, hence the header and `cnnlab.atomic.atomic_write`.
 
 Payload (a dict; tensors, numbers, strings, lists, tuples and dicts only, so `weights_only=True`
 loads it -- `save_checkpoint` refuses anything else before it touches the disk):
     format: "cnnlab.checkpoint", version: 1,
     model: {"name": str, "kwargs": dict}      -- rebuilt by cnnlab.models.build_model
     state_dict: the model's state dict
+    run_id: the run that wrote it (best.pt of another run is never taken for this run's)
     and, as the trainer needs: optimizer, scheduler, step, epoch, best_score, history, rng, config
+Every field is checked by `cnnlab.train.checkpoint_fields` before it is used.
 
 Loading is refused, and nothing in the file runs, when the header or hash is wrong, when the pickle
 names any global outside a short allowlist (checked by our own opcode scan), or when
@@ -19,18 +21,17 @@ names any global outside a short allowlist (checked by our own opcode scan), or 
 from __future__ import annotations
 
 import collections
-import errno
 import hashlib
 import io
-import os
 import pickletools
-import tempfile
 import zipfile
 from pathlib import Path
 
 import torch
 
+from cnnlab.atomic import atomic_write
 from cnnlab.errors import CorruptCheckpointError, UserError
+from cnnlab.train import checkpoint_fields
 
 MAGIC = b"CNNLAB-CKPT"
 VERSION = 1
@@ -49,40 +50,6 @@ _SAFE_GLOBALS = {
 
 
 # ----------------------------------------------------------------------------- writing
-
-def atomic_write(path, chunks) -> Path:
-    """Write the byte strings `chunks` to `path` so that `path` is always either old or complete.
-
-    Temp file in the same folder, flush + fsync, `os.replace`, fsync the folder. On any failure
-    (disk full, permission, Ctrl-C) the temp file is removed and the old `path` is untouched; an
-    OSError becomes a `UserError` naming the path and the reason.
-    """
-    path = Path(path)
-    folder = path.parent
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=folder)
-    except OSError as err:
-        raise _write_error(path, err) from err
-    try:
-        try:
-            os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual mode
-            for chunk in chunks:
-                view = memoryview(chunk).cast("B")
-                while view:  # os.write may write less than asked
-                    view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    except BaseException as err:  # incl. KeyboardInterrupt: never leave a temp file behind
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(err, OSError):
-            raise _write_error(path, err) from err
-        raise
-    _fsync_dir(folder)  # make the rename itself durable
-    return path
-
 
 def save_checkpoint(path, payload: dict) -> Path:
     """Write `payload` to `path` atomically with a SHA-256 header; the old file stays until then.
@@ -124,16 +91,6 @@ def check_payload(obj, where: str = "payload") -> None:
     )
 
 
-def clean_stale_temps(folder) -> list[Path]:
-    """Remove temp files a killed writer left in `folder` (`.NAME.*.tmp`); returns what it removed."""
-    removed = []
-    for tmp in Path(folder).glob(".*.tmp"):
-        if tmp.is_file():
-            tmp.unlink(missing_ok=True)
-            removed.append(tmp)
-    return removed
-
-
 # ----------------------------------------------------------------------------- reading
 
 def load_checkpoint(path, map_location="cpu") -> dict:
@@ -160,6 +117,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise CorruptCheckpointError(f"{path} was refused by safe loading: {first}") from err
     if not isinstance(payload, dict) or payload.get("format") != "cnnlab.checkpoint":
         raise CorruptCheckpointError(f"{path} does not hold a cnnlab checkpoint payload")
+    checkpoint_fields.check_fields(payload, path)
     return payload
 
 
@@ -244,52 +202,22 @@ def model_payload(model_name: str, model_kwargs: dict, model: torch.nn.Module, *
     }
 
 
-def load_model(path, map_location="cpu", strict: bool = True, **override_kwargs):
+def load_model(path, map_location="cpu", strict: bool = True, expect: str | None = None,
+               **override_kwargs):
     """Rebuild the model a checkpoint names and load its weights -> (model, payload).
 
     `strict=True` (the default) raises a `UserError` listing missing, unexpected and mis-shaped
     keys; `strict=False` loads what fits and stores the report in `payload["load_report"]`.
+    `expect`: a model name; a checkpoint of another model is a UserError (nothing is built).
     """
     from cnnlab.models import build_model  # lazy: models import nothing from train
     from cnnlab.train.loading import load_state_strict
 
     payload = load_checkpoint(path, map_location=map_location)
-    spec = payload.get("model") or {}
-    if not isinstance(spec, dict) or "name" not in spec or "state_dict" not in payload:
-        raise CorruptCheckpointError(f"{path} does not say which model it holds")
-    model = build_model(spec["name"], **{**spec.get("kwargs", {}), **override_kwargs})
+    name, kwargs = checkpoint_fields.check_model(payload, path)
+    if expect is not None and name != expect:
+        raise UserError(f"{path} holds a {name!r} model, not {expect!r}")
+    model = build_model(name, **{**kwargs, **override_kwargs})
     payload["load_report"] = load_state_strict(model, payload["state_dict"], strict=strict,
                                                source=str(path))
     return model, payload
-
-
-# ----------------------------------------------------------------------------- helpers
-
-def _write_error(path: Path, err: OSError) -> UserError:
-    reason = err.strerror or str(err)
-    if err.errno in (errno.ENOSPC, errno.EDQUOT):
-        reason = "disk full (no space left on device)"
-    elif err.errno == errno.EFBIG:
-        reason = "file too large for this file system or size limit"
-    elif err.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        reason = f"folder {path.parent} is not writable ({err.strerror})"
-    return UserError(f"cannot write {path}: {reason}; any previous {path.name} is unchanged")
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_dir(folder: Path) -> None:
-    try:
-        dir_fd = os.open(folder, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:  # some file systems cannot fsync a directory; the rename has happened anyway
-        pass
-    finally:
-        os.close(dir_fd)

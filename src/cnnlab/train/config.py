@@ -10,6 +10,7 @@ its ResNet18 with Adam, lr 0.001, weight decay 0.005: those are `resnet18-cifar`
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 
 from cnnlab.errors import UserError
@@ -24,6 +25,9 @@ LAB_DEFAULTS = {
 }
 OPTIMIZERS = ("sgd", "adam")
 LOADERS = ("tensor", "torch")
+# a word of a field's annotation -> the Python types it accepts (a bool is no int or float here)
+_ANNOTATION_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),
+                     "dict": (dict,), "None": (type(None),)}
 
 
 @dataclass
@@ -78,8 +82,11 @@ class TrainConfig:
         checks = [
             (isinstance(self.epochs, int) and self.epochs >= 0, "epochs", "an integer >= 0"),
             (isinstance(self.batch_size, int) and self.batch_size > 0, "batch_size", "an integer > 0"),
-            (self.lr is None or self.lr > 0, "lr", "a number > 0"),
-            (self.weight_decay is None or self.weight_decay >= 0, "weight_decay", "a number >= 0"),
+            (self.lr is None or (math.isfinite(self.lr) and self.lr > 0), "lr", "a finite number > 0"),
+            (self.weight_decay is None or (math.isfinite(self.weight_decay) and self.weight_decay >= 0),
+             "weight_decay", "a finite number >= 0"),
+            (isinstance(self.seed, int) and 0 <= self.seed < 2**63, "seed",
+             "an integer in 0..2**63-1"),
             (self.optimizer is None or self.optimizer in OPTIMIZERS, "optimizer", " or ".join(OPTIMIZERS)),
             (isinstance(self.log_steps, int) and self.log_steps >= 0, "log_steps", "an integer >= 0"),
             (isinstance(self.eval_steps, int) and self.eval_steps >= 0, "eval_steps", "an integer >= 0"),
@@ -99,6 +106,24 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
-        """Rebuild from `to_dict()` output, ignoring keys this version does not know."""
+        """Rebuild from `to_dict()` output, ignoring keys this version does not know; a known
+        key with a value of the wrong type is a UserError."""
+        problem = cls.type_problem(d)
+        if problem:
+            raise UserError(f"config field {problem}")
         names = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in names})
+
+    @classmethod
+    def type_problem(cls, d: dict) -> str | None:
+        """'epochs must be int, got str' for the first field of `d` whose value has the wrong
+        type for its annotation (None when all fit; unknown keys are not looked at)."""
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                continue
+            words = [w.strip() for w in str(f.type).split("|")]
+            value = d[f.name]
+            accepted = tuple(t for w in words for t in _ANNOTATION_TYPES[w])
+            if not isinstance(value, accepted) or (isinstance(value, bool) and bool not in accepted):
+                return f"{f.name} must be {' or '.join(words)}, got {type(value).__name__} {value!r}"
+        return None

@@ -89,9 +89,8 @@ class TrainGuard:
         check_finite_weights(runner.model, runner.global_step)
 
     def after_eval(self, runner, step: int) -> None:
-        spe = self.steps_per_epoch
         # The last step of an epoch is followed by the epoch-end save: one save is enough.
-        if spe and (step + 1) % spe == 0:
+        if self.steps_per_epoch and (step + 1) % self.steps_per_epoch == 0:
             return
         self.save_last(runner)
 
@@ -118,19 +117,20 @@ class TrainGuard:
 
     def resume_state(self, runner) -> dict:
         """RNG states and the position in the data order, as `resume.restore_run` needs them."""
-        spe = self.steps_per_epoch or 0
-        epoch_step = runner.global_step - runner.epoch * spe  # batches of this epoch already done
+        steps_per_epoch = self.steps_per_epoch or 0
+        epoch_step = runner.global_step - runner.epoch * steps_per_epoch  # batches of this epoch done
         rng = capture_rng()
         if self.generator is not None:
             # At an epoch boundary the generator already stands at the next epoch's start.
             rng["data"] = self.generator.get_state() if epoch_step == 0 else self.epoch_data_state
-        return {"resumable": True, "rng": rng, "epoch_step": epoch_step, "steps_per_epoch": spe,
+        return {"resumable": True, "rng": rng, "epoch_step": epoch_step,
+                "steps_per_epoch": steps_per_epoch,
                 "skipped_steps": list(self.skipped_steps)}
 
     def _where(self, runner, step: int) -> str:
-        spe = self.steps_per_epoch
-        if spe:
-            return f"epoch {step // spe + 1}, batch {step % spe + 1} of {spe}"
+        per_epoch = self.steps_per_epoch
+        if per_epoch:
+            return f"epoch {step // per_epoch + 1}, batch {step % per_epoch + 1} of {per_epoch}"
         return f"epoch {runner.epoch + 1}"
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cnnlab.errors import UserError
+from cnnlab.atomic import write_figure
 
 
 def _pairs(items):
@@ -16,17 +16,20 @@ def _pairs(items):
     return [p[0] for p in items], [p[1] for p in items]
 
 
-def plot_training_loss_acc(history, path, fig_size=(16, 6), sample_step=20,
-                           loss_legend_loc="upper right", acc_legend_loc="lower right",
-                           train_color="#8E004D", dev_color="#E20079", fontsize="x-large",
-                           train_linestyle="-", dev_linestyle="--", title=None) -> Path:
+def plot_training_loss_acc(history, path, **style) -> Path:
+    """`training_figure(history, **style)` written to `path` (atomically) -> path."""
+    return write_figure(path, training_figure(history, **style))
+
+
+def training_figure(history, fig_size=(16, 6), sample_step=20, loss_legend_loc="upper right",
+                    acc_legend_loc="lower right", train_color="#8E004D", dev_color="#E20079",
+                    fontsize="x-large", train_linestyle="-", dev_linestyle="--", title=None):
     """history: a Runner, or its `history()` dict (train_step_losses [(step, loss)],
-    dev_losses [(step, loss)], dev_scores [(step, score)]) -> the figure written to `path`."""
+    dev_losses [(step, loss)], dev_scores [(step, score)]) -> a matplotlib Figure."""
     from matplotlib.figure import Figure  # Figure + Agg canvas: no pyplot state, no display
 
     if hasattr(history, "history"):
         history = history.history()
-    path = Path(path)
     fig = Figure(figsize=fig_size)
     ax = fig.add_subplot(1, 2, 1)
     steps, losses = _pairs(history.get("train_step_losses", [])[::sample_step])
@@ -46,9 +49,4 @@ def plot_training_loss_acc(history, path, fig_size=(16, 6), sample_step=20,
         ax.legend(loc=acc_legend_loc, fontsize="x-large")
     if title:
         fig.suptitle(title, fontsize=fontsize)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path)
-    except OSError as err:
-        raise UserError(f"cannot write figure {path}: {err.strerror or err}") from err
-    return path
+    return fig

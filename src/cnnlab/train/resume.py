@@ -8,12 +8,12 @@ uninterrupted run bit for bit.
 
 from __future__ import annotations
 
-import math
 import shlex
 from pathlib import Path
 
 from cnnlab.errors import CorruptCheckpointError, UserError
-from cnnlab.train.checkpoint import clean_stale_temps, load_checkpoint
+from cnnlab.train.checkpoint import load_checkpoint
+from cnnlab.train.checkpoint_fields import check_resumable
 from cnnlab.train.loading import load_state_strict
 from cnnlab.train.rng import restore_rng
 
@@ -43,10 +43,8 @@ def load_resume(path, model_name: str | None = None) -> tuple[Path, dict]:
     if not payload.get("resumable"):
         raise UserError(f"--resume {path}: this checkpoint holds weights only (best.pt is not "
                         f"resumable); resume from {path.parent / 'last.pt'}")
-    for key in ("config", "step", "epoch", "optimizer", "rng", "epoch_step", "state_dict"):
-        if key not in payload:
-            raise CorruptCheckpointError(f"{path} lacks '{key}', which a resumable checkpoint holds")
-    stored = (payload.get("model") or {}).get("name")
+    check_resumable(payload, path)
+    stored = payload["model"]["name"]
     if model_name is not None and stored != model_name:
         raise UserError(f"--resume {path}: that run trains {stored}, not {model_name}")
     return path, payload
@@ -80,40 +78,44 @@ def resumed_config(payload: dict, path: Path, epochs: int, explicit: dict | None
 
 
 def restore_run(runner, payload: dict, train_loader, guard=None, best_path=None) -> None:
-    """Put `runner` (model, optimizer, scheduler, step, histories, best score), every RNG and the
-    data order back to the state saved in `payload`; the next `runner.train` continues there."""
+    """Put `runner` (run id, model, optimizer, scheduler, step, histories, best score), every RNG
+    and the data order back to the state saved in `payload` (a `load_resume` payload); the next
+    `runner.train` continues there."""
     steps = len(train_loader)
-    if payload.get("steps_per_epoch") not in (None, 0, steps):
+    if payload["steps_per_epoch"] not in (0, steps):
         raise UserError(f"the resumed run had {payload['steps_per_epoch']} steps per epoch, this "
                         f"data and batch size give {steps}; resume with the same data and settings")
     load_state_strict(runner.model, payload["state_dict"], source="the resumed checkpoint")
-    runner.load_state_dict(payload)
+    try:
+        runner.load_state_dict(payload)
+    except (ValueError, KeyError, TypeError, RuntimeError) as err:  # torch's optimizer loading
+        raise CorruptCheckpointError(f"the resumed checkpoint's optimizer or scheduler state does "
+                                     f"not fit this model: {err}") from err
+    runner.run_id = payload["run_id"]
     # best.pt may be ahead of last.pt (saved first at the same evaluation, then interrupted):
     # never let a resumed run overwrite a better best.pt with a worse model.
-    best_on_disk = _best_on_disk(best_path)
+    best_on_disk = _best_on_disk(best_path, runner.run_id)
     if best_on_disk is not None and not (runner.best_score >= best_on_disk[0]):
         runner.best_score, runner.best_step = best_on_disk
     restore_rng(payload["rng"], getattr(train_loader, "generator", None))
     if guard is not None:
         guard.skipped_steps = list(payload.get("skipped_steps", []))
-        guard.last_saved_step = int(payload["step"])
-    if best_path is not None:
-        clean_stale_temps(Path(best_path).parent)  # what a killed run may have left
+        guard.last_saved_step = payload["step"]
 
 
-def _best_on_disk(best_path):
-    """-> (best score, its step) recorded in best.pt, or None."""
+def _best_on_disk(best_path, run_id: str):
+    """-> (best score, its step) recorded in best.pt when this run (`run_id`) wrote it, else None:
+    a best.pt of another run is never taken for this run's."""
     if best_path is None or not Path(best_path).is_file():
         return None
     try:
         payload = load_checkpoint(best_path)
     except UserError:
         return None  # a damaged best.pt is replaced by the next best model
-    score = payload.get("best_score")
-    if score is None or not math.isfinite(score):
+    if payload.get("run_id") != run_id or payload.get("best_score") is None:
         return None
     # best.pt is written after the update of the step it scores: its "step" counts that update.
-    return float(score), int(payload.get("step", 0)) - 1
+    return float(payload["best_score"]), int(payload.get("step", 0)) - 1
 
 
 def resume_command(model: str, epochs: int, run_dir, extra: list[str] | None = None) -> str:

@@ -4,8 +4,11 @@ The run directory (`config.out`, default runs/<model>) receives:
     best.pt       the weights with the best dev score (cnnlab checkpoint, loadable by `evaluate`)
     history.json  train step losses, dev losses and scores with their steps, epoch losses
     curves.png    the lab's two panels (loss; dev accuracy)
+    last.pt       the resumable checkpoint (weights, optimizer, random states, data position)
     run.json      config, library versions, hardware, wall time and phase times, peak RSS,
                   best dev score, and the test accuracy/loss of best.pt
+Each file carries the run's id; the directory is locked while the run writes to it and a fresh
+run never mixes with another run's files (`cnnlab.train.rundir`).
 
 The order of random draws follows the lab: seed everything, build the model, then shuffle the
 training set with a generator seeded with the same seed.
@@ -13,26 +16,25 @@ training set with a generator seeded with the same seed.
 
 from __future__ import annotations
 
-import random
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from cnnlab.data import TensorLoader, load_mnist
 from cnnlab.errors import UserError
 from cnnlab.runinfo import write_run_json
-from cnnlab.train import rng
+from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.config import TrainConfig
-from cnnlab.train.init import lab_init_
 from cnnlab.train.guard import safe_train
+from cnnlab.train.init import lab_init_
+from cnnlab.train.loading import load_state_strict
 from cnnlab.train.metric import Accuracy
 from cnnlab.train.plots import plot_training_loss_acc
-from cnnlab.train.rng import seed_worker
-from cnnlab.train.runner import Runner
-from cnnlab.train.validate import check_output_dir
+from cnnlab.train.rng import seed_everything, seed_worker
+from cnnlab.train.rundir import run_directory
+from cnnlab.train.runner import Runner, new_run_id
 
 
 def make_optimizer(name, params, lr, weight_decay=0.0):
@@ -53,15 +55,7 @@ def make_loader(dataset, batch_size, shuffle=False, generator=None, kind="tensor
                                        worker_init_fn=seed_worker if num_workers else None)
 
 
-def seed_everything(seed: int, deterministic: bool = False):
-    if deterministic:  # also torch.use_deterministic_algorithms(True)
-        rng.seed_everything(seed, deterministic=True)
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def build_run(cfg: TrainConfig, data=None):
+def build_run(cfg: TrainConfig, data=None, run_id: str | None = None):
     """-> (runner, data, train_loader, dev_loader, test_loader) for a resolved config."""
     from cnnlab.models import build_model
 
@@ -82,23 +76,34 @@ def build_run(cfg: TrainConfig, data=None):
     test_loader = make_loader(data.test, cfg.batch_size, kind=cfg.loader, num_workers=cfg.num_workers)
     spec = {"name": cfg.model, "kwargs": {"in_channels": in_channels, **cfg.model_kwargs}}
     runner = Runner(model, optimizer, F.cross_entropy, Accuracy(is_logits=True), device=cfg.device,
-                    progress=not cfg.quiet, log=not cfg.quiet, model_spec=spec, config=cfg.to_dict())
+                    progress=not cfg.quiet, log=not cfg.quiet, model_spec=spec, config=cfg.to_dict(),
+                    run_id=run_id)
     return runner, data, train_loader, dev_loader, test_loader
 
 
-def train_run(config: TrainConfig, data=None, resume=None) -> dict:
+def train_run(config: TrainConfig, data=None, resume=None, init_state=None,
+              overwrite: bool = False) -> dict:
     """Train, keep the best model, test it, write the run directory -> results dict.
 
-    `resume`: a payload from `cnnlab.train.resume.load_resume` to continue (`config` is then
-    the resumed run's, see `resume.resumed_config`). Signals, NaN losses and last.pt are
+    resume: a payload from `cnnlab.train.resume.load_resume` to continue (`config` is then the
+    resumed run's, see `resume.resumed_config`). init_state: the state dict to start from when
+    `config.init` names initial weights (read by the caller, e.g. with
+    `cnnlab.interop.paddle.read_weights_file`). overwrite: replace another run's files in the
+    run directory (a fresh run is refused there otherwise). Signals, NaN losses and last.pt are
     handled by `cnnlab.train.guard.safe_train`.
 
     `data` may be a preloaded `MnistData` (the reproduce command shares one between runs).
     """
     t_start = time.perf_counter()
     cfg = config.resolved()
-    out = Path(cfg.out)
-    check_output_dir(out)  # exists and writable, before any work
+    if cfg.init and resume is None and init_state is None:
+        raise ValueError(f"config.init is {cfg.init!r}: pass its weights as init_state")
+    run_id = resume["run_id"] if resume is not None else new_run_id()
+    with run_directory(cfg.out, resuming=resume is not None, overwrite=overwrite) as out:
+        return _train_into(out, cfg, data, resume, init_state, run_id, t_start)
+
+
+def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t_start) -> dict:
     phases = {}
     t = time.perf_counter()
     if data is None:
@@ -106,12 +111,9 @@ def train_run(config: TrainConfig, data=None, resume=None) -> dict:
     phases["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data)
-    if cfg.init and resume is None:  # a resumed run restores its own weights instead
-        from cnnlab.interop.paddle import load_weights_file
-        loaded = load_weights_file(runner.model, cfg.init, cfg.init_layout)
-        if not cfg.quiet:
-            print(f"initial weights: {loaded}", flush=True)
+    runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data, run_id)
+    if init_state is not None and resume is None:  # a resumed run restores its own weights
+        load_state_strict(runner.model, init_state, source=f"initial weights {cfg.init}")
     phases["build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -128,9 +130,7 @@ def train_run(config: TrainConfig, data=None, resume=None) -> dict:
 
     # Test the best model, as the lab does; with no finite dev score there is none: test the last.
     t = time.perf_counter()
-    tested = "best" if runner.best_step is not None and best_path.is_file() else "last"
-    if tested == "best":
-        runner.load_model(best_path)
+    tested = "best" if runner.best_step is not None and _load_own_best(runner, best_path) else "last"
     test_score, test_loss = runner.evaluate(test_loader)
     phases["test_s"] = time.perf_counter() - t
     if not cfg.quiet:
@@ -151,9 +151,20 @@ def train_run(config: TrainConfig, data=None, resume=None) -> dict:
         "phases_s": {k: round(v, 3) for k, v in phases.items()},
         "run_dir": str(out),
         "files": {name: str(out / name) for name in
-                  ("best.pt", "history.json", "curves.png", "run.json")},
+                  ("best.pt", "last.pt", "history.json", "curves.png", "run.json")},
     }
     wall = time.perf_counter() - t_start
     results["wall_s"] = round(wall, 3)
-    write_run_json(out / "run.json", cfg.to_dict(), results, wall)
+    write_run_json(out / "run.json", cfg.to_dict(), results, wall, run_id=run_id)
     return results
+
+
+def _load_own_best(runner, best_path: Path) -> bool:
+    """Load best.pt into the runner's model if this run wrote it -> whether it did."""
+    if not best_path.is_file():
+        return False
+    payload = load_checkpoint(best_path, map_location=runner.device)
+    if payload.get("run_id") != runner.run_id:
+        return False
+    load_state_strict(runner.model, payload["state_dict"], source=f"checkpoint {best_path}")
+    return True

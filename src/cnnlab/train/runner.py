@@ -20,31 +20,37 @@ Runner and round-trips through `state_dict()` / `load_state_dict()`; every check
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import sys
 import time
+import uuid
 from pathlib import Path
 
 import torch
 
+from cnnlab.atomic import write_json
 from cnnlab.errors import UserError
 from cnnlab.train import checkpoint as ckpt
 
 
 def resolve_device(device="auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cuda" without a GPU is a UserError."""
+    """"auto" -> cuda when available, else cpu; "cpu", "cuda" or "cuda:N" as given. Anything
+    else, or a GPU that is not there, is a UserError."""
     if isinstance(device, torch.device):
         return device
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"device {device!r} requested but no CUDA GPU is available (use --device cpu)")
-    try:
-        return torch.device(device)
-    except RuntimeError as err:
-        raise UserError(f"unknown device {device!r}: expected auto, cpu or cuda") from err
+    text = str(device)
+    kind, _, index = text.partition(":")
+    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
+        raise UserError(f"unknown device {text!r}: expected auto, cpu, cuda or cuda:N")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"device {text!r} requested but no CUDA GPU is available (use --device cpu)")
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f"device {text!r}: this machine has {torch.cuda.device_count()} GPU(s), "
+                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
+    return torch.device(text)
 
 
 class Runner:
@@ -56,10 +62,12 @@ class Runner:
     log: print the lab's "[Train] ..." / "[Evaluate] ..." lines.
     model_spec: {"name", "kwargs"} for `cnnlab.models.build_model`, stored in checkpoints so
         `checkpoint.load_model` can rebuild the model; config: the run's settings, stored too.
+    run_id: this run's id, stored in every checkpoint and history it writes (default: a new
+        uuid4; a resumed run takes its checkpoint's).
     """
 
     def __init__(self, model, optimizer, loss_fn, metric, device="auto", scheduler=None,
-                 progress=True, log=True, model_spec=None, config=None):
+                 progress=True, log=True, model_spec=None, config=None, run_id=None):
         self.device = resolve_device(device)
         self.model = model.to(self.device)  # in place: the optimizer keeps its parameters
         self.optimizer = optimizer
@@ -70,6 +78,7 @@ class Runner:
         self.log = log
         self.model_spec = dict(model_spec or {"name": type(model).__name__, "kwargs": {}})
         self.config = dict(config or {})
+        self.run_id = run_id or new_run_id()
         self._bar = None
         self.timings = {"eval_s": 0.0, "save_s": 0.0}  # wall time spent evaluating / saving
         self.guard = None  # optional cnnlab.train.guard.TrainGuard: last.pt, signals, NaN losses
@@ -137,8 +146,8 @@ class Runner:
         }
 
     def write_history(self, path) -> Path:
-        """Write `history()` as JSON (temp file + rename, so a reader never sees half a file)."""
-        return write_json(path, self.history())
+        """Write `history()` and the run id as JSON (atomically; a NaN score becomes null)."""
+        return write_json(path, {"run_id": self.run_id, **self.history()})
 
     # ------------------------------------------------------------- checkpoints
     def _checkpoint_payload(self, full: bool = False) -> dict:
@@ -147,7 +156,8 @@ class Runner:
         full=False (best.pt): weights, model spec, config, and the step/score they belong to.
         full=True: also the whole trainer `state_dict()` (optimizer, scheduler, histories).
         """
-        extra = {"config": self.config, "step": self.global_step, "epoch": self.epoch,
+        extra = {"run_id": self.run_id, "config": self.config, "step": self.global_step,
+                 "epoch": self.epoch,
                  "best_score": None if self.best_score == -math.inf else self.best_score}
         if full:
             extra.update(self.state_dict())
@@ -339,15 +349,6 @@ class _Bar:
         return False
 
 
-def write_json(path, obj) -> Path:
-    """Write `obj` as indented JSON through a temp file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    try:
-        tmp.write_text(json.dumps(obj, indent=1) + "\n")
-        os.replace(tmp, path)
-    except OSError as err:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write {path}: {err.strerror or err}") from err
-    return path
+def new_run_id() -> str:
+    """A fresh run id: 32 hex digits."""
+    return uuid.uuid4().hex
