@@ -67,7 +67,7 @@ def fetch(args) -> int:
 def info(args) -> int:
     import cnnlab.data.cifar10  # noqa: F401  (imports torch: not part of the load time)
     import cnnlab.data.mnist  # noqa: F401
-    from cnnlab.data.sources import load_data
+    from cnnlab.data.load import load_data
 
     start = time.perf_counter()
     data = load_data(args.source, args.split)

@@ -11,7 +11,7 @@ import importlib
 _WHERE = {
     "load_image": "images", "prepare_image": "images",
     "TensorLoader": "loader",
-    "SOURCE_HELP": "sources", "load_data": "sources", "parse_source": "sources",
+    "SOURCE_HELP": "sources", "parse_source": "sources", "load_data": "load",
     "fetch_cifar10": "fetch",
     **{name: "cifar10" for name in ("CifarData", "load_cifar10", "normalize",
                                     "CIFAR10_MEAN", "CIFAR10_LAB_STD", "CIFAR10_STD")},

@@ -1,5 +1,6 @@
-"""Names of the data sources and `load_data`, importable without torch (the CLI builds its --help
-from them; the loaders are imported when data is loaded)."""
+"""Names of the data sources, importable without torch (the CLI builds its --help from them).
+
+`load_data` (data/load.py) picks the loader by kind; this module imports no loader."""
 
 from __future__ import annotations
 
@@ -31,16 +32,3 @@ def file_key(path: Path):
     except OSError:
         return (str(path), None)
     return (str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-def load_data(source: str = "bundled", split: str = "lab"):
-    """The data set `source` names -> `MnistData` (bundled, idx:, nndl-json:) or `CifarData`
-    (cifar10:), both with `.train/.dev/.test` and `.part(name)`. Cached; treat as read-only."""
-    kind, path = parse_source(source)
-    if kind == "cifar10":
-        from cnnlab.data.cifar10 import load_cifar10
-
-        return load_cifar10(path, split)
-    from cnnlab.data.mnist import load_mnist
-
-    return load_mnist(source, split)
