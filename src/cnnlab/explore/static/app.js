@@ -1,0 +1,501 @@
+"use strict";
+// cnnlab explore: the page. Talks only to its own server (see server.py for the API).
+(() => {
+  const $ = (s) => document.querySelector(s);
+  const S = {
+    lang: "en", models: [], sel: null,
+    file: null,          // an uploaded or sampled image (Blob); null: the drawing canvas
+    sample: null,        // {index, label} of a sampled test image
+    version: 0, clearedAt: 0, sent: {}, inflight: {},
+    results: {}, blobs: {}, timing: {},   // per model: last JSON, the image it was made from
+    formula: null, marker: null,
+  };
+
+  const t = (k) => (I18N[S.lang] && I18N[S.lang][k]) || I18N.en[k] || k;
+
+  function fmt(v, digits = 4) {
+    if (v === null || v === undefined) return "–";
+    if (v === 0) return "0";
+    const a = Math.abs(v);
+    if (a >= 1e4 || a < 1e-3) return v.toExponential(2);
+    return String(Number(v.toPrecision(digits)));
+  }
+
+  function node(tag, cls, text) {
+    const n = document.createElement(tag);
+    if (cls) n.className = cls;
+    if (text !== undefined) n.textContent = text;
+    return n;
+  }
+
+  function showError(msg) {
+    const e = $("#error");
+    e.textContent = msg || "";
+    e.hidden = !msg;
+  }
+
+  function setBusy() {
+    const n = Object.values(S.inflight).filter(Boolean).length;
+    document.body.dataset.busy = String(n);
+    const parts = S.models.filter((m) => S.timing[m.name]).map((m) => {
+      const tm = S.timing[m.name];
+      return `${m.name}: ${t("server-ms")} ${tm.server} ms, ${tm.total} ms`;
+    });
+    $("#status").textContent = n ? t("busy") : parts.join(" · ");
+  }
+
+  // ------------------------------------------------------------------ drawing
+  const canvas = $("#draw");
+  const ctx = canvas.getContext("2d");
+  let last = null;
+
+  function clearCanvas() {
+    ctx.fillStyle = "#000";
+    ctx.fillRect(0, 0, canvas.width, canvas.height);
+  }
+
+  function point(ev) {
+    const r = canvas.getBoundingClientRect();
+    return [((ev.clientX - r.left) * canvas.width) / r.width,
+            ((ev.clientY - r.top) * canvas.height) / r.height];
+  }
+
+  function stroke(a, b) {
+    ctx.strokeStyle = "#fff";
+    ctx.lineWidth = 20;       // about 2 pixels of a 28x28 digit, as MNIST's pen
+    ctx.lineCap = "round";
+    ctx.lineJoin = "round";
+    ctx.beginPath();
+    ctx.moveTo(a[0], a[1]);
+    ctx.lineTo(b[0], b[1]);
+    ctx.stroke();
+  }
+
+  canvas.addEventListener("pointerdown", (ev) => {
+    ev.preventDefault();
+    canvas.setPointerCapture(ev.pointerId);
+    S.file = null;
+    S.sample = null;
+    renderSampleLabel();
+    last = point(ev);
+    stroke(last, last);
+    changed();
+  });
+  canvas.addEventListener("pointermove", (ev) => {
+    if (!last) return;
+    const p = point(ev);
+    stroke(last, p);
+    last = p;
+    changed();
+  });
+  for (const name of ["pointerup", "pointercancel"]) {
+    canvas.addEventListener(name, () => {
+      if (last) changed();
+      last = null;
+    });
+  }
+
+  function preview(blob) {
+    createImageBitmap(blob).then((bmp) => {
+      clearCanvas();
+      const k = Math.min(canvas.width / bmp.width, canvas.height / bmp.height);
+      const w = bmp.width * k, h = bmp.height * k;
+      ctx.drawImage(bmp, (canvas.width - w) / 2, (canvas.height - h) / 2, w, h);
+    }).catch(() => clearCanvas());   // not decodable here: the server says why
+  }
+
+  const currentBlob = () =>
+    S.file ? Promise.resolve(S.file) : new Promise((res) => canvas.toBlob(res, "image/png"));
+
+  // ------------------------------------------------------------------ requests
+  // Each model has at most one request in flight; a change meanwhile sends the newest image
+  // when it returns (throttling by the server's own speed).
+  function changed() {
+    S.version++;
+    for (const m of S.models) if (!S.inflight[m.name]) predict(m.name);
+  }
+
+  async function predict(key) {
+    S.inflight[key] = true;
+    setBusy();
+    const v = S.version;
+    S.sent[key] = v;
+    const t0 = performance.now();
+    try {
+      const blob = await currentBlob();
+      const r = await fetch(`/api/predict?model=${encodeURIComponent(key)}`, { method: "POST", body: blob });
+      const j = await r.json();
+      if (!r.ok) throw new Error(j.error || r.statusText);
+      if (v > S.clearedAt) {
+        S.results[key] = j;
+        S.blobs[key] = blob;
+        showError("");
+        renderModel(key);
+        S.timing[key] = { server: j.ms, total: Math.round(performance.now() - t0) };
+      }
+    } catch (e) {
+      showError(String(e.message || e));
+    } finally {
+      S.inflight[key] = false;
+      setBusy();
+      if (S.sent[key] < S.version && S.version > S.clearedAt) predict(key);
+    }
+  }
+
+  async function requestFormula(layer, p, i, j) {
+    const key = S.sel, blob = S.blobs[key];
+    if (!blob) return;
+    const box = $("#formula");
+    box.dataset.ready = "0";
+    const q = new URLSearchParams({ model: key, layer, p, i, j });
+    try {
+      const r = await fetch(`/api/formula?${q}`, { method: "POST", body: blob });
+      const f = await r.json();
+      if (!r.ok) throw new Error(f.error || r.statusText);
+      const map = document.querySelector(`#layers canvas[data-layer="${CSS.escape(layer)}"]`);
+      const g = map && map._grid;
+      f.approx = g ? g.dec.value((p * g.H + i) * g.W + j) : null;   // the quantised pixel shown
+      f.step = g ? (g.dec.hi - g.dec.lo) / 255 : null;
+      f.layer = layer;
+      S.formula = f;
+      renderFormula();
+    } catch (e) {
+      showError(String(e.message || e));
+    }
+  }
+
+  // ------------------------------------------------------------------ rendering
+  function renderAll() {
+    renderCompare();
+    renderResult();
+    renderInputs();
+    renderKernels();
+    renderLayers(true);
+    renderFormula();
+    renderSampleLabel();
+    setBusy();
+  }
+
+  function renderModel(key) {
+    renderCompare();
+    if (key !== S.sel) return;
+    renderResult();
+    renderInputs();
+    renderLayers(false);
+  }
+
+  function renderSampleLabel() {
+    $("#sample-label").textContent = S.sample ? `${t("true-label")}: ${S.sample.label}` : "";
+  }
+
+  function renderCompare() {
+    const box = $("#compare");
+    box.replaceChildren();
+    for (const m of S.models) {
+      const res = S.results[m.name];
+      const card = node("button", "model-card" + (m.name === S.sel ? " selected" : ""));
+      card.type = "button";
+      card.dataset.model = m.name;
+      card.append(node("span", "mname", m.name),
+                  node("span", "arch", `${m.model} · ${m.params.toLocaleString()} ${t("params")}`));
+      const pred = node("span", "mpred", res ? String(res.pred) : "–");
+      if (res) pred.title = `p = ${fmt(res.probs[res.pred], 3)}`;
+      card.append(pred);
+      const bars = node("span", "minibars");
+      for (let k = 0; k < 10; k++) {
+        const b = node("span", "minibar" + (res && k === res.pred ? " top" : ""));
+        b.style.height = `${res ? Math.max(2, res.probs[k] * 100) : 2}%`;
+        b.title = res ? `${k}: ${fmt(res.probs[k], 3)}` : String(k);
+        bars.append(b);
+      }
+      card.append(bars);
+      card.addEventListener("click", () => select(m.name));
+      box.append(card);
+    }
+  }
+
+  function select(key) {
+    if (key === S.sel) return;
+    S.sel = key;
+    S.formula = null;
+    S.marker = null;
+    renderAll();
+  }
+
+  function renderResult() {
+    const res = S.results[S.sel];
+    const pred = $("#prediction"), probs = $("#probs");
+    pred.replaceChildren();
+    probs.replaceChildren();
+    if (!res) {
+      delete pred.dataset.pred;
+      return;
+    }
+    pred.dataset.pred = res.pred;
+    pred.dataset.model = res.model;
+    pred.append(node("span", "digit", String(res.pred)),
+                node("span", "ptext", `${res.model} ${t("predicts")} ${res.pred} (p = ${fmt(res.probs[res.pred], 3)})`));
+    probs.append(node("div", "probs-title", t("probs")));
+    res.probs.forEach((p, k) => {
+      const row = node("div", "prob-row" + (k === res.pred ? " top" : ""));
+      const track = node("span", "track");
+      const fill = node("span", "fill");
+      fill.style.width = `${(p * 100).toFixed(1)}%`;
+      track.append(fill);
+      row.append(node("span", "cls", String(k)), track, node("span", "pct", `${(p * 100).toFixed(1)}%`));
+      probs.append(row);
+    });
+  }
+
+  function renderInputs() {
+    const res = S.results[S.sel];
+    const info = S.models.find((m) => m.name === S.sel);
+    $("#input-note").textContent = info ? (info.input_kind === "mnist" ? t("input-mnist") : info.input) : "";
+    for (const id of ["#model-input", "#edges"]) {
+      const c = $(id);
+      if (!res) { c.width = c.height = 0; c.style.width = c.style.height = "0"; continue; }
+    }
+    if (!res) return;
+    const x = res.input;
+    Maps.draw($("#model-input"), x.shape.slice(1), x, { mode: "grey", range: [-1, 1], maxCss: 224 });
+    Maps.draw($("#edges"), res.edges.shape, res.edges, { maxCss: 224 });
+  }
+
+  function renderKernels() {
+    const info = S.models.find((m) => m.name === S.sel);
+    const c = $("#kernels");
+    const k = info && info.kernels;
+    if (!k) return;
+    const [P, D, U, V] = k.shape;
+    Maps.draw(c, [P * D, U, V], k, { maxCss: 360 });
+    $("#kernels-note").textContent = `${k.layer} [${k.shape.join(", ")}]: ${t("kernels-note")}`;
+  }
+
+  function renderLayers(rebuild) {
+    const box = $("#layers");
+    const res = S.results[S.sel];
+    if (!res) { box.replaceChildren(); return; }
+    const names = res.layers.map((l) => l.name).join("|");
+    if (rebuild || box.dataset.names !== names || box.dataset.model !== S.sel) {
+      box.replaceChildren();
+      box.dataset.names = names;
+      box.dataset.model = S.sel;
+      for (const l of res.layers) box.append(layerCard(l));
+    }
+    const size = res.layers.length > 16 ? 180 : 260;   // ResNet18 shows about 60 layers
+    for (const l of res.layers) {
+      const c = box.querySelector(`canvas[data-layer="${CSS.escape(l.name)}"]`);
+      if (!c) continue;
+      if (l.q !== undefined) {
+        Maps.draw(c, l.shape.slice(1), l, { maxCss: size });
+      } else if (l.values) {
+        drawValues(c, l.values);
+        const txt = box.querySelector(`[data-values="${CSS.escape(l.name)}"]`);
+        if (txt) txt.textContent = l.values.length <= 10 ? l.values.map((v, k) => `${k}: ${fmt(v, 3)}`).join("  ") : "";
+      }
+    }
+    placeMarker();
+  }
+
+  function drawValues(c, values) {
+    const m = Math.max(...values.map(Math.abs));
+    const q = values.map((v) => Math.round(((v + m) / (2 * m || 1)) * 255));
+    const enc = { lo: -m, hi: m, q: btoa(String.fromCharCode(...q)) };
+    Maps.draw(c, [1, 1, values.length], enc, { maxCss: Math.min(300, values.length * 12) });
+  }
+
+  function layerCard(l) {
+    const card = node("div", "layer");
+    card.dataset.layer = l.name;
+    card.dataset.kind = l.kind;
+    const head = node("div", "lhead");
+    head.append(node("span", "lname", l.name), node("span", "kind", t(`kind-${l.kind}`)),
+                node("span", "shape", `[${l.shape.join(", ")}]`));
+    card.append(head);
+    const wrap = node("div", "mapwrap");
+    const c = node("canvas", "map" + (l.clickable ? " clickable" : ""));
+    c.dataset.layer = l.name;
+    if (l.clickable) {
+      c.addEventListener("click", (ev) => {
+        const hit = Maps.locate(c, ev);
+        if (!hit) return;
+        S.marker = { layer: l.name, ...hit };
+        placeMarker();
+        requestFormula(l.name, hit.c, hit.y, hit.x);
+      });
+    }
+    wrap.append(c);
+    card.append(wrap);
+    if (l.values) {
+      const txt = node("div", "values");
+      txt.dataset.values = l.name;
+      card.append(txt);
+    }
+    return card;
+  }
+
+  function placeMarker() {
+    document.querySelectorAll("#layers .marker").forEach((n) => n.remove());
+    const mk = S.marker;
+    if (!mk) return;
+    const c = document.querySelector(`#layers canvas[data-layer="${CSS.escape(mk.layer)}"]`);
+    if (!c || !c._grid) return;
+    const b = Maps.box(c, mk.c, mk.y, mk.x);
+    const m = node("span", "marker");
+    Object.assign(m.style, { left: `${b.left - 2}px`, top: `${b.top - 2}px`,
+                             width: `${b.width}px`, height: `${b.height}px` });
+    c.parentElement.append(m);
+  }
+
+  // -------------------------------------------------------------- formula 5.13
+  function grid(rows, pad, cls) {
+    const tab = node("table", "nums " + cls);
+    rows.forEach((row, u) => {
+      const tr = node("tr");
+      row.forEach((v, w) => tr.append(node("td", pad && pad[u][w] ? "pad" : "", fmt(v, 3))));
+      tab.append(tr);
+    });
+    return tab;
+  }
+
+  function renderFormula() {
+    const box = $("#formula");
+    const f = S.formula;
+    if (!f) {
+      box.replaceChildren(node("p", "note", t("formula-empty")));
+      box.dataset.ready = "0";
+      return;
+    }
+    box.replaceChildren();
+    Object.assign(box.dataset, {
+      ready: "1", layer: f.layer, p: f.p, i: f.i, j: f.j, sum: f.sum, bias: f.bias === null ? 0 : f.bias,
+      value: f.value, reference: f.reference, map: f.map_value, approx: f.approx, step: f.step, agree: f.agree,
+    });
+    const [S_, P_] = [f.stride[0], f.padding[0]];
+    box.append(node("h3", "fhead", `${f.layer}: z^${f.p}[${f.i}, ${f.j}]`));
+    box.append(node("p", "eq",
+      `z^p[i,j] = Σ_d Σ_u Σ_v W^{p,d}[u,v] · X^d[${S_}·i+u−${P_}, ${S_}·j+v−${P_}] + b^p` +
+      `   (D = ${f.input_shape[0]}, U×V = ${f.kernel_size.join("×")}, S = ${S_}, P = ${P_})`));
+
+    // receptive field on the layer's input
+    box.append(node("div", "fsub", t("receptive")));
+    const wrap = node("div", "mapwrap");
+    const c = node("canvas", "map");
+    const [D, H, W] = f.input_shape;
+    const cols = Math.ceil(Math.sqrt((D * H) / W));
+    const zoom = Math.max(1, Math.min(8, Math.floor(360 / (cols * (W + 1)))));
+    const info = S.models.find((m) => m.name === S.sel);
+    const first = info && info.convs[0] === f.layer;   // its input is the model's input: grey
+    const g = Maps.draw(c, f.input_shape, f.input_map, { zoom, maxCss: 380, mode: first ? "grey" : "diverging" });
+    const cx = c.getContext("2d");
+    cx.strokeStyle = "#f59e0b";
+    cx.lineWidth = Math.max(1, Math.floor(zoom / 2));
+    const [r0, c0] = f.origin, [U, V] = f.kernel_size;
+    for (let d = 0; d < D; d++) {
+      const ox = (d % g.cols) * (W + 1), oy = Math.floor(d / g.cols) * (H + 1);
+      const x0 = Math.max(c0, 0), y0 = Math.max(r0, 0);
+      const x1 = Math.min(c0 + V, W), y1 = Math.min(r0 + U, H);
+      if (x1 <= x0 || y1 <= y0) continue;
+      cx.strokeRect((ox + x0) * zoom + 0.5, (oy + y0) * zoom + 0.5, (x1 - x0) * zoom - 1, (y1 - y0) * zoom - 1);
+    }
+    wrap.append(c);
+    box.append(wrap);
+
+    // every input channel: window, kernel, products, partial sum
+    const list = node("div", "channels");
+    for (const ch of f.channels) {
+      const row = node("div", "channel");
+      row.append(node("div", "chead", `d = ${ch.d}: ${t("channel-sum")} = ${fmt(ch.sum)}`));
+      const tabs = node("div", "tabs");
+      const cell = (title, tab) => { const w = node("div", "tabwrap"); w.append(node("div", "tt", title), tab); return w; };
+      tabs.append(cell(t("window"), grid(ch.window, f.pad, "win")), node("span", "op", "⊙"),
+                  cell(t("kernel"), grid(ch.kernel, null, "ker")), node("span", "op", "="),
+                  cell(t("products"), grid(ch.products, null, "prod")));
+      row.append(tabs);
+      list.append(row);
+    }
+    box.append(list);
+
+    const tot = node("dl", "totals");
+    const line = (label, value, cls) => { tot.append(node("dt", "", label)); const dd = node("dd", cls, value); tot.append(dd); return dd; };
+    line(t("sum"), fmt(f.sum, 7), "f-sum");
+    line(t("bias"), f.bias === null ? t("no-bias") : "+ " + fmt(f.bias, 7), "f-bias");
+    line(t("value"), "= " + fmt(f.value, 7), "f-value");
+    line(t("map-value"), fmt(f.map_value, 7) + (f.approx === null ? "" : `  (${fmt(f.approx, 3)} ± ${fmt(f.step / 2, 2)} on screen)`), "f-map");
+    line(t("reference"), fmt(f.reference, 7), "f-ref");
+    line(f.agree ? "✓ " + t("agree") : "✗ " + t("disagree"), `${t("max-diff")} = ${fmt(f.max_abs_diff, 2)}`, f.agree ? "f-agree ok" : "f-agree bad");
+    box.append(tot);
+  }
+
+  // ------------------------------------------------------------------ buttons
+  $("#clear").addEventListener("click", () => {
+    clearCanvas();
+    S.file = null;
+    S.sample = null;
+    S.version++;
+    S.clearedAt = S.version;
+    S.results = {};
+    S.blobs = {};
+    S.formula = null;
+    S.marker = null;
+    renderAll();
+  });
+
+  $("#sample").addEventListener("click", async () => {
+    try {
+      const r = await fetch("/api/sample");
+      const j = await r.json();
+      if (!r.ok) throw new Error(j.error || r.statusText);
+      const bin = atob(j.png);
+      const buf = new Uint8Array(bin.length);
+      for (let k = 0; k < bin.length; k++) buf[k] = bin.charCodeAt(k);
+      S.file = new Blob([buf], { type: "image/png" });
+      S.sample = { index: j.index, label: j.label };
+      renderSampleLabel();
+      preview(S.file);
+      changed();
+    } catch (e) {
+      showError(String(e.message || e));
+    }
+  });
+
+  $("#upload").addEventListener("change", (ev) => {
+    const file = ev.target.files && ev.target.files[0];
+    if (!file) return;
+    S.file = file;
+    S.sample = null;
+    renderSampleLabel();
+    preview(file);
+    changed();
+    ev.target.value = "";   // choosing the same file again is a change too
+  });
+
+  $("#lang").addEventListener("click", () => {
+    S.lang = S.lang === "en" ? "zh" : "en";
+    applyLang();
+  });
+
+  function applyLang() {
+    document.documentElement.lang = S.lang === "zh" ? "zh-CN" : "en";
+    document.querySelectorAll("[data-i18n]").forEach((n) => { n.textContent = t(n.dataset.i18n); });
+    $("#lang").textContent = S.lang === "en" ? "中文" : "EN";
+    renderAll();
+  }
+
+  async function init() {
+    clearCanvas();
+    try {
+      const r = await fetch("/api/models");
+      const j = await r.json();
+      if (!r.ok) throw new Error(j.error || r.statusText);
+      S.models = j.models;
+      S.sel = S.models.length ? S.models[0].name : null;
+    } catch (e) {
+      showError(String(e.message || e));
+    }
+    applyLang();
+    document.body.dataset.ready = "1";
+  }
+
+  init();
+})();
