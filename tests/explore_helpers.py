@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import io
 import os
 import queue
+import shutil
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -20,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def make_checkpoints(folder: Path) -> dict:
     """{"lenet": a LeNet trained 40 steps on the bundled images (lab init), "resnet18": random
-    weights, "cifar": a 3-channel resnet18-cifar with random weights} as cnnlab checkpoints."""
+    weights, "rgb": a 3-channel LeNet with random weights} as cnnlab checkpoints."""
     import torch.nn.functional as F
 
     from cnnlab.data import load_mnist
@@ -41,15 +44,31 @@ def make_checkpoints(folder: Path) -> dict:
         opt.step()
     config = {"data": "bundled", "split": "lab"}
     paths = {"lenet": folder / "lenet" / "best.pt", "resnet18": folder / "resnet18.pt",
-             "cifar": folder / "cifar.pt"}
+             "rgb": folder / "rgb.pt"}
     save_checkpoint(paths["lenet"], model_payload("lenet", {"in_channels": 1}, lenet, config=config))
     resnet = build_model("resnet18").eval()
     save_checkpoint(paths["resnet18"], model_payload("resnet18", {"in_channels": 1}, resnet,
                                                      config=config))
-    cifar = build_model("resnet18-cifar", in_channels=3).eval()
-    save_checkpoint(paths["cifar"], model_payload("resnet18-cifar", {"in_channels": 3}, cifar,
-                                                  config=config))
+    rgb = build_model("lenet", in_channels=3).eval()
+    save_checkpoint(paths["rgb"], model_payload("lenet", {"in_channels": 3}, rgb, config=config))
     return paths
+
+
+_SHARED = {}
+
+
+def shared_server() -> tuple[ServerProcess, dict]:
+    """One server for all explore tests of this pytest process (stopped when it exits):
+    `cnnlab explore --port 0 --no-browser LENET RESNET18 RGB` -> (server, checkpoint paths)."""
+    if "server" not in _SHARED:
+        folder = Path(tempfile.mkdtemp(prefix="cnnlab-explore-"))
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
+        paths = make_checkpoints(folder)
+        server = ServerProcess(paths["lenet"], paths["resnet18"], paths["rgb"])
+        atexit.register(server.close)
+        server.wait_for("models:", timeout=60)
+        _SHARED.update(server=server, paths=paths)
+    return _SHARED["server"], _SHARED["paths"]
 
 
 def digit_png(size=280, seed=None) -> bytes:

@@ -1,7 +1,8 @@
 """`cnnlab explore` without a browser: the JSON API against torch, and the server's safety rules.
 
-One real server (`cnnlab explore --port 0 --no-browser CKPT...` in a subprocess) serves three
-checkpoints: a LeNet trained 40 steps, a random ResNet18 and a random 3-channel resnet18-cifar.
+One real server (`cnnlab explore --port 0 --no-browser CKPT...` in a subprocess, shared with the
+browser tests) serves three checkpoints: a LeNet trained 40 steps, a random ResNet18 and a random
+3-channel LeNet.
 Expected numbers come from torch's own layers (F.conv2d, NativeLeNet), not from cnnlab's ops.
 """
 
@@ -25,20 +26,17 @@ from cnnlab.data.images import prepare_image
 from cnnlab.models import build_model
 from cnnlab.train.checkpoint import load_checkpoint
 
-from explore_helpers import ServerProcess, digit_png, make_checkpoints, png_of
+from explore_helpers import digit_png, shared_server
 
 
 @pytest.fixture(scope="module")
-def ckpts(tmp_path_factory):
-    return make_checkpoints(tmp_path_factory.mktemp("explore-ckpt"))
+def server():
+    return shared_server()[0]
 
 
 @pytest.fixture(scope="module")
-def server(ckpts):
-    srv = ServerProcess(ckpts["lenet"], ckpts["resnet18"], ckpts["cifar"])
-    srv.wait_for("models:", timeout=60)
-    yield srv
-    srv.close()
+def ckpts():
+    return shared_server()[1]
 
 
 def request(server, method, path, body=None, headers=None, timeout=30):
@@ -90,11 +88,11 @@ def test_first_line_is_the_url_and_models_are_listed(server):
     status, body, _ = request(server, "GET", "/api/models")
     assert status == 200
     models = {m["name"]: m for m in body["models"]}
-    assert list(models) == ["lenet", "resnet18", "cifar"]
+    assert list(models) == ["lenet", "resnet18", "rgb"]
     assert models["lenet"]["kernels"]["shape"] == [6, 1, 5, 5]
     assert models["lenet"]["convs"] == ["conv1", "conv3", "conv5"]
     assert models["resnet18"]["kernels"]["shape"] == [64, 1, 7, 7]
-    assert models["cifar"]["in_channels"] == 3
+    assert models["rgb"]["in_channels"] == 3
 
 
 def test_predict_lenet_agrees_with_torch_layers(server, ckpts):
@@ -123,17 +121,24 @@ def test_predict_lenet_agrees_with_torch_layers(server, ckpts):
     assert body["input"]["shape"] == [1, 1, 32, 32] and body["edges"]["shape"] == [1, 30, 30]
 
 
-def test_predict_resnets_and_a_three_channel_model(server):
-    png = digit_png()
-    _, body, _ = request(server, "POST", "/api/predict?model=resnet18", png)
+def test_predict_resnet18_layers(server):
+    _, body, _ = request(server, "POST", "/api/predict?model=resnet18", digit_png())
     shapes = {row["name"]: row["shape"] for row in body["layers"]}
     assert shapes["conv1"] == [1, 64, 16, 16] and shapes["maxpool"] == [1, 64, 8, 8]
     assert shapes["layer2.0.downsample.0"] == [1, 128, 4, 4]
     assert shapes["layer4.1"] == [1, 512, 1, 1] and shapes["fc"] == [1, 10]
     assert [r["kind"] for r in body["layers"][:4]] == ["conv", "bn", "act", "pool"]
-    _, body, _ = request(server, "POST", "/api/predict?model=cifar&maps=0", png)
-    assert 0 <= body["pred"] <= 9 and len(body["probs"]) == 10
-    assert body["layers"][0]["shape"] == [1, 64, 32, 32] and "q" not in body["layers"][0]
+
+
+def test_three_channel_model_sees_the_grey_digit_on_every_channel(server, ckpts):
+    png = digit_png()
+    _, body, _ = request(server, "POST", "/api/predict?model=rgb&maps=0", png)
+    model = build_model("lenet-native", in_channels=3)
+    model.load_state_dict(load_checkpoint(ckpts["rgb"])["state_dict"])
+    with torch.no_grad():
+        probs = torch.softmax(model.eval()(model_input(png).expand(-1, 3, -1, -1))[0], 0)
+    np.testing.assert_allclose(body["probs"], probs.numpy(), atol=1e-5)
+    assert body["layers"][0]["shape"] == [1, 6, 28, 28] and "q" not in body["layers"][0]
 
 
 def test_formula_lenet_conv3_equals_torch(server, ckpts):

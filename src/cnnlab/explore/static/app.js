@@ -123,7 +123,7 @@
     const t0 = performance.now();
     try {
       const blob = await currentBlob();
-      const r = await fetch(`/api/predict?model=${encodeURIComponent(key)}`, { method: "POST", body: blob });
+      const r = await fetch(`/api/predict?model=${encodeURIComponent(key)}`, { method: "POST", body: await blob.arrayBuffer() });
       const j = await r.json();
       if (!r.ok) throw new Error(j.error || r.statusText);
       if (v > S.clearedAt) {
@@ -149,7 +149,7 @@
     box.dataset.ready = "0";
     const q = new URLSearchParams({ model: key, layer, p, i, j });
     try {
-      const r = await fetch(`/api/formula?${q}`, { method: "POST", body: blob });
+      const r = await fetch(`/api/formula?${q}`, { method: "POST", body: await blob.arrayBuffer() });
       const f = await r.json();
       if (!r.ok) throw new Error(f.error || r.statusText);
       const map = document.querySelector(`#layers canvas[data-layer="${CSS.escape(layer)}"]`);
