@@ -85,6 +85,8 @@ class ExploreServer(ThreadingHTTPServer):
 
     daemon_threads = True
     block_on_close = False
+    request_queue_size = 64   # a browser opens several connections at once; a full backlog
+                              # drops SYNs, which the client retries only after a second
 
     def __init__(self, host: str, port: int):
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -131,6 +133,7 @@ class Handler(BaseHTTPRequestHandler):
     server_version = "cnnlab-explore"
     sys_version = ""
     timeout = 30                    # a silent client cannot hold a thread forever
+    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms ACK wait
     server: ExploreServer
 
     # --------------------------------------------------------------- plumbing

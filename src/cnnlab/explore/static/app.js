@@ -11,6 +11,7 @@
     formula: null, marker: null,
   };
 
+  const timings = (window.cnnlabTimings = []);
   const t = (k) => (I18N[S.lang] && I18N[S.lang][k]) || I18N.en[k] || k;
 
   function fmt(v, digits = 4) {
@@ -104,8 +105,13 @@
     }).catch(() => clearCanvas());   // not decodable here: the server says why
   }
 
-  const currentBlob = () =>
-    S.file ? Promise.resolve(S.file) : new Promise((res) => canvas.toBlob(res, "image/png"));
+  // The drawing as PNG bytes. toDataURL, not toBlob: Chromium runs toBlob's encoder as an idle
+  // task, which waits up to a second while the page is busy drawing feature maps.
+  function currentBlob() {
+    if (S.file) return Promise.resolve(S.file);
+    const png = Maps.bytes(canvas.toDataURL("image/png").split(",")[1]);
+    return Promise.resolve(new Blob([png], { type: "image/png" }));
+  }
 
   // ------------------------------------------------------------------ requests
   // Each model has at most one request in flight; a change meanwhile sends the newest image
@@ -123,7 +129,9 @@
     const t0 = performance.now();
     try {
       const blob = await currentBlob();
-      const r = await fetch(`/api/predict?model=${encodeURIComponent(key)}`, { method: "POST", body: await blob.arrayBuffer() });
+      // the bytes, not the Blob: then the browser tests can read what the page sent
+      const body = await blob.arrayBuffer();
+      const r = await fetch(`/api/predict?model=${encodeURIComponent(key)}`, { method: "POST", body });
       const j = await r.json();
       if (!r.ok) throw new Error(j.error || r.statusText);
       if (v > S.clearedAt) {
@@ -132,6 +140,9 @@
         showError("");
         renderModel(key);
         S.timing[key] = { server: j.ms, total: Math.round(performance.now() - t0) };
+        // image -> maps on screen, kept for benchmarks/explore.py --browser (the last 1,000)
+        timings.push({ model: key, server: j.ms, total: performance.now() - t0 });
+        if (timings.length > 1000) timings.shift();
       }
     } catch (e) {
       showError(String(e.message || e));
@@ -149,7 +160,8 @@
     box.dataset.ready = "0";
     const q = new URLSearchParams({ model: key, layer, p, i, j });
     try {
-      const r = await fetch(`/api/formula?${q}`, { method: "POST", body: await blob.arrayBuffer() });
+      const body = await blob.arrayBuffer();
+      const r = await fetch(`/api/formula?${q}`, { method: "POST", body });
       const f = await r.json();
       if (!r.ok) throw new Error(f.error || r.statusText);
       const map = document.querySelector(`#layers canvas[data-layer="${CSS.escape(layer)}"]`);
@@ -446,10 +458,7 @@
       const r = await fetch("/api/sample");
       const j = await r.json();
       if (!r.ok) throw new Error(j.error || r.statusText);
-      const bin = atob(j.png);
-      const buf = new Uint8Array(bin.length);
-      for (let k = 0; k < bin.length; k++) buf[k] = bin.charCodeAt(k);
-      S.file = new Blob([buf], { type: "image/png" });
+      S.file = new Blob([Maps.bytes(j.png)], { type: "image/png" });
       S.sample = { index: j.index, label: j.label };
       renderSampleLabel();
       preview(S.file);
