@@ -187,7 +187,8 @@ def main(argv=None) -> int:
     for name, r in result["server"].items():
         rt, sv = r["round_trip_ms"], r["server_ms"]
         target = TARGETS_MS.get(name)
-        verdict = "" if target is None else f"{target:.0f} ms {'PASS' if rt['p95'] <= target else 'FAIL'}"
+        verdict = "" if target is None else \
+            f"{target:.0f} ms {'PASS' if rt['p95'] <= target else 'FAIL'}"
         print(f"{name:10} {rt['p50']:14.1f} / {rt['p95']:6.1f} / {rt['max']:6.1f} "
               f"{sv['p50']:15.1f} / {sv['p95']:6.1f} {r['response_kb']:6.0f} kB  {verdict}")
     if "browser" in result:

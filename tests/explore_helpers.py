@@ -93,21 +93,21 @@ class ServerProcess:
 
     def __init__(self, *args, cwd=None, timeout=60, env=None):
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
-        src = str(ROOT / "src")
-        env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "") if env.get("PYTHONPATH") else src
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")]))
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "cnnlab.cli", "explore", "--port", "0", "--no-browser",
              *map(str, args)], cwd=cwd or ROOT, env=env, stdout=subprocess.PIPE,
             stderr=subprocess.PIPE, text=True)
         self.lines: queue.Queue = queue.Queue()
         self.stderr: list[str] = []
-        threading.Thread(target=self._pump, args=(self.proc.stdout, self.lines.put), daemon=True).start()
-        threading.Thread(target=self._pump, args=(self.proc.stderr, self.stderr.append), daemon=True).start()
+        for stream, put in ((self.proc.stdout, self.lines.put), (self.proc.stderr, self.stderr.append)):
+            threading.Thread(target=self._pump, args=(stream, put), daemon=True).start()
         self.first_line = self.next_line(timeout)
         self.url = self.first_line.strip()
         if not self.url.startswith("http://"):
             self.close()
-            raise AssertionError(f"first line is not a URL: {self.first_line!r}; stderr: {self.stderr}")
+            raise AssertionError(f"first line is not a URL: {self.first_line!r}; "
+                                 f"stderr: {self.stderr}")
         self.port = int(self.url.rstrip("/").rsplit(":", 1)[1])
 
     @staticmethod
@@ -116,10 +116,16 @@ class ServerProcess:
             put(line)
 
     def next_line(self, timeout=30) -> str:
-        try:
-            return self.lines.get(timeout=timeout)
-        except queue.Empty:
-            raise AssertionError(f"no output within {timeout} s; stderr: {''.join(self.stderr)}")
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                return self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.proc.poll() is not None and self.lines.empty():
+                    time.sleep(0.2)  # let the stderr pump finish
+                    raise AssertionError(f"the server exited ({self.proc.returncode}): "
+                                         f"{''.join(self.stderr)}") from None
+        raise AssertionError(f"no output within {timeout} s; stderr: {''.join(self.stderr)}")
 
     def wait_for(self, text, timeout=60) -> list[str]:
         """Lines printed until one containing `text` (inclusive)."""

@@ -144,7 +144,8 @@ def test_three_channel_model_sees_the_grey_digit_on_every_channel(server, ckpts)
 def test_formula_lenet_conv3_equals_torch(server, ckpts):
     png = digit_png()
     p, i, j = 5, 3, 4
-    status, f, _ = request(server, "POST", f"/api/formula?model=lenet&layer=conv3&p={p}&i={i}&j={j}", png)
+    query = f"model=lenet&layer=conv3&p={p}&i={i}&j={j}"
+    status, f, _ = request(server, "POST", f"/api/formula?{query}", png)
     assert status == 200, f
     model, x = native_lenet(ckpts["lenet"]), model_input(png)
     with torch.no_grad():
@@ -253,8 +254,11 @@ def test_page_and_assets_come_from_the_server_only(server):
             code, text, _ = request(server, "GET", ref)
             assert code == 200
             text = text.decode()
-            assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face|url\(",
-                                 text, re.I), ref
+            assert not re.search(r"https?://|//[a-z0-9.-]+\.[a-z]{2,}/|@import|@font-face", text,
+                                 re.I), ref
+            assert not re.search(r"\burl\(", text), ref   # no CSS url(): no fonts, no images
+            targets = re.findall(r"fetch\(\s*[`\"']([^`\"']*)", text)
+            assert all(t.startswith("/api/") for t in targets), targets
     assert request(server, "GET", "/static/../pyproject.toml")[0] == 404
     assert request(server, "GET", "/etc/passwd")[0] == 404
 

@@ -123,7 +123,8 @@ class Explorer:
                        **encode(conv.weight, symmetric=True)}
         return {"name": self.key, "model": self.arch, "checkpoint": self.source,
                 "params": params, "in_channels": self.spec.channels,
-                "input_kind": self.spec.kind, "input": self.spec.description, "data": self.config.get("data"),
+                "input_kind": self.spec.kind, "input": self.spec.description,
+                "data": self.config.get("data"),
                 "convs": list(self.convs), "kernels": kernels}
 
     def _forward(self, x):

@@ -131,7 +131,8 @@
       const blob = await currentBlob();
       // the bytes, not the Blob: then the browser tests can read what the page sent
       const body = await blob.arrayBuffer();
-      const r = await fetch(`/api/predict?model=${encodeURIComponent(key)}`, { method: "POST", body });
+      const url = `/api/predict?model=${encodeURIComponent(key)}`;
+      const r = await fetch(url, { method: "POST", body });
       const j = await r.json();
       if (!r.ok) throw new Error(j.error || r.statusText);
       if (v > S.clearedAt) {
@@ -166,7 +167,7 @@
       if (!r.ok) throw new Error(f.error || r.statusText);
       const map = document.querySelector(`#layers canvas[data-layer="${CSS.escape(layer)}"]`);
       const g = map && map._grid;
-      f.approx = g ? g.dec.value((p * g.H + i) * g.W + j) : null;   // the quantised pixel shown
+      f.approx = g ? g.dec.value((p * g.H + i) * g.W + j) : null;   // the pixel as shown
       f.step = g ? (g.dec.hi - g.dec.lo) / 255 : null;
       f.layer = layer;
       S.formula = f;
@@ -245,8 +246,8 @@
     }
     pred.dataset.pred = res.pred;
     pred.dataset.model = res.model;
-    pred.append(node("span", "digit", String(res.pred)),
-                node("span", "ptext", `${res.model} ${t("predicts")} ${res.pred} (p = ${fmt(res.probs[res.pred], 3)})`));
+    const text = `${res.model} ${t("predicts")} ${res.pred} (p = ${fmt(res.probs[res.pred], 3)})`;
+    pred.append(node("span", "digit", String(res.pred)), node("span", "ptext", text));
     probs.append(node("div", "probs-title", t("probs")));
     res.probs.forEach((p, k) => {
       const row = node("div", "prob-row" + (k === res.pred ? " top" : ""));
@@ -254,7 +255,8 @@
       const fill = node("span", "fill");
       fill.style.width = `${(p * 100).toFixed(1)}%`;
       track.append(fill);
-      row.append(node("span", "cls", String(k)), track, node("span", "pct", `${(p * 100).toFixed(1)}%`));
+      row.append(node("span", "cls", String(k)), track,
+                 node("span", "pct", `${(p * 100).toFixed(1)}%`));
       probs.append(row);
     });
   }
@@ -262,14 +264,18 @@
   function renderInputs() {
     const res = S.results[S.sel];
     const info = S.models.find((m) => m.name === S.sel);
-    $("#input-note").textContent = info ? (info.input_kind === "mnist" ? t("input-mnist") : info.input) : "";
-    for (const id of ["#model-input", "#edges"]) {
-      const c = $(id);
-      if (!res) { c.width = c.height = 0; c.style.width = c.style.height = "0"; continue; }
+    const mnist = info && info.input_kind === "mnist";
+    $("#input-note").textContent = info ? (mnist ? t("input-mnist") : info.input) : "";
+    if (!res) {
+      for (const c of [$("#model-input"), $("#edges")]) {
+        c.width = c.height = 0;
+        c.style.width = c.style.height = "0";
+      }
+      return;
     }
-    if (!res) return;
-    const x = res.input;
-    Maps.draw($("#model-input"), x.shape.slice(1), x, { mode: "grey", range: [-1, 1], maxCss: 224 });
+    const x = res.input;   // [1,C,32,32]; the lab's normalisation maps 0..255 to -1..1
+    Maps.draw($("#model-input"), x.shape.slice(1), x,
+              { mode: "grey", range: mnist ? [-1, 1] : undefined, maxCss: 224 });
     Maps.draw($("#edges"), res.edges.shape, res.edges, { maxCss: 224 });
   }
 
@@ -303,7 +309,8 @@
       } else if (l.values) {
         drawValues(c, l.values);
         const txt = box.querySelector(`[data-values="${CSS.escape(l.name)}"]`);
-        if (txt) txt.textContent = l.values.length <= 10 ? l.values.map((v, k) => `${k}: ${fmt(v, 3)}`).join("  ") : "";
+        const few = l.values.length <= 10;   // the logits: written out too
+        if (txt) txt.textContent = few ? l.values.map((v, k) => `${k}: ${fmt(v, 3)}`).join("  ") : "";
       }
     }
     placeMarker();
@@ -313,7 +320,9 @@
     const m = Math.max(...values.map(Math.abs));
     const q = values.map((v) => Math.round(((v + m) / (2 * m || 1)) * 255));
     const enc = { lo: -m, hi: m, q: btoa(String.fromCharCode(...q)) };
-    Maps.draw(c, [1, 1, values.length], enc, { maxCss: Math.min(300, values.length * 12) });
+    // a few values (logits) in a row, many (84, 512) as a near-square grid of 1x1 tiles
+    const shape = values.length <= 16 ? [1, 1, values.length] : [values.length, 1, 1];
+    Maps.draw(c, shape, enc, { maxCss: values.length <= 16 ? 12 * values.length : 160 });
   }
 
   function layerCard(l) {
@@ -327,6 +336,12 @@
     const wrap = node("div", "mapwrap");
     const c = node("canvas", "map" + (l.clickable ? " clickable" : ""));
     c.dataset.layer = l.name;
+    c.addEventListener("mousemove", (ev) => {   // the value under the pointer, as a tooltip
+      const hit = Maps.locate(c, ev);
+      const g = c._grid;
+      const v = hit ? g.dec.value((hit.c * g.H + hit.y) * g.W + hit.x) : 0;
+      c.title = hit ? `[${hit.c}, ${hit.y}, ${hit.x}] ≈ ${fmt(v, 3)}` : "";
+    });
     if (l.clickable) {
       c.addEventListener("click", (ev) => {
         const hit = Maps.locate(c, ev);
@@ -380,8 +395,9 @@
     }
     box.replaceChildren();
     Object.assign(box.dataset, {
-      ready: "1", layer: f.layer, p: f.p, i: f.i, j: f.j, sum: f.sum, bias: f.bias === null ? 0 : f.bias,
-      value: f.value, reference: f.reference, map: f.map_value, approx: f.approx, step: f.step, agree: f.agree,
+      ready: "1", layer: f.layer, p: f.p, i: f.i, j: f.j, sum: f.sum,
+      bias: f.bias === null ? 0 : f.bias, value: f.value, reference: f.reference,
+      map: f.map_value, approx: f.approx, step: f.step, agree: f.agree,
     });
     const [S_, P_] = [f.stride[0], f.padding[0]];
     box.append(node("h3", "fhead", `${f.layer}: z^${f.p}[${f.i}, ${f.j}]`));
@@ -389,16 +405,29 @@
       `z^p[i,j] = Σ_d Σ_u Σ_v W^{p,d}[u,v] · X^d[${S_}·i+u−${P_}, ${S_}·j+v−${P_}] + b^p` +
       `   (D = ${f.input_shape[0]}, U×V = ${f.kernel_size.join("×")}, S = ${S_}, P = ${P_})`));
 
+    const tot = node("dl", "totals");
+    const line = (label, value, cls) => tot.append(node("dt", "", label), node("dd", cls, value));
+    const shown = f.approx === null ? "" : `  (${fmt(f.approx, 3)} ± ${fmt(f.step / 2, 2)} ${t("on-screen")})`;
+    line(t("sum"), fmt(f.sum, 7), "f-sum");
+    line(t("bias"), f.bias === null ? t("no-bias") : "+ " + fmt(f.bias, 7), "f-bias");
+    line(t("value"), "= " + fmt(f.value, 7), "f-value");
+    line(t("map-value"), fmt(f.map_value, 7) + shown, "f-map");
+    line(t("reference"), fmt(f.reference, 7), "f-ref");
+    line(f.agree ? "✓ " + t("agree") : "✗ " + t("disagree"), `${t("max-diff")} = ${fmt(f.max_abs_diff, 2)}`,
+         f.agree ? "f-agree ok" : "f-agree bad");
+    box.append(tot);   // the result first, then where it comes from
+
     // receptive field on the layer's input
     box.append(node("div", "fsub", t("receptive")));
     const wrap = node("div", "mapwrap");
     const c = node("canvas", "map");
     const [D, H, W] = f.input_shape;
-    const cols = Math.ceil(Math.sqrt((D * H) / W));
+    const { cols } = Maps.layout(D, H, W);
     const zoom = Math.max(1, Math.min(8, Math.floor(360 / (cols * (W + 1)))));
     const info = S.models.find((m) => m.name === S.sel);
     const first = info && info.convs[0] === f.layer;   // its input is the model's input: grey
-    const g = Maps.draw(c, f.input_shape, f.input_map, { zoom, maxCss: 380, mode: first ? "grey" : "diverging" });
+    const g = Maps.draw(c, f.input_shape, f.input_map,
+                        { zoom, maxCss: 380, mode: first ? "grey" : "diverging" });
     const cx = c.getContext("2d");
     cx.strokeStyle = "#f59e0b";
     cx.lineWidth = Math.max(1, Math.floor(zoom / 2));
@@ -408,7 +437,8 @@
       const x0 = Math.max(c0, 0), y0 = Math.max(r0, 0);
       const x1 = Math.min(c0 + V, W), y1 = Math.min(r0 + U, H);
       if (x1 <= x0 || y1 <= y0) continue;
-      cx.strokeRect((ox + x0) * zoom + 0.5, (oy + y0) * zoom + 0.5, (x1 - x0) * zoom - 1, (y1 - y0) * zoom - 1);
+      cx.strokeRect((ox + x0) * zoom + 0.5, (oy + y0) * zoom + 0.5,
+                    (x1 - x0) * zoom - 1, (y1 - y0) * zoom - 1);
     }
     wrap.append(c);
     box.append(wrap);
@@ -419,24 +449,19 @@
       const row = node("div", "channel");
       row.append(node("div", "chead", `d = ${ch.d}: ${t("channel-sum")} = ${fmt(ch.sum)}`));
       const tabs = node("div", "tabs");
-      const cell = (title, tab) => { const w = node("div", "tabwrap"); w.append(node("div", "tt", title), tab); return w; };
-      tabs.append(cell(t("window"), grid(ch.window, f.pad, "win")), node("span", "op", "⊙"),
-                  cell(t("kernel"), grid(ch.kernel, null, "ker")), node("span", "op", "="),
-                  cell(t("products"), grid(ch.products, null, "prod")));
+      const cell = (title, tab) => {
+        const w = node("div", "tabwrap");
+        w.append(node("div", "tt", title), tab);
+        return w;
+      };
+      tabs.append(cell(t("window"), grid(ch.window, f.pad, "win")),
+                  cell("⊙ " + t("kernel"), grid(ch.kernel, null, "ker")),
+                  cell("= " + t("products"), grid(ch.products, null, "prod")));
       row.append(tabs);
       list.append(row);
     }
     box.append(list);
 
-    const tot = node("dl", "totals");
-    const line = (label, value, cls) => { tot.append(node("dt", "", label)); const dd = node("dd", cls, value); tot.append(dd); return dd; };
-    line(t("sum"), fmt(f.sum, 7), "f-sum");
-    line(t("bias"), f.bias === null ? t("no-bias") : "+ " + fmt(f.bias, 7), "f-bias");
-    line(t("value"), "= " + fmt(f.value, 7), "f-value");
-    line(t("map-value"), fmt(f.map_value, 7) + (f.approx === null ? "" : `  (${fmt(f.approx, 3)} ± ${fmt(f.step / 2, 2)} on screen)`), "f-map");
-    line(t("reference"), fmt(f.reference, 7), "f-ref");
-    line(f.agree ? "✓ " + t("agree") : "✗ " + t("disagree"), `${t("max-diff")} = ${fmt(f.max_abs_diff, 2)}`, f.agree ? "f-agree ok" : "f-agree bad");
-    box.append(tot);
   }
 
   // ------------------------------------------------------------------ buttons

@@ -107,5 +107,5 @@ window.Maps = (() => {
     return { left: (ox + x) * unit, top: (oy + y) * unit, width: w * unit, height: h * unit };
   }
 
-  return { bytes, decode, draw, locate, box, diverging };
+  return { bytes, decode, layout, draw, locate, box, diverging };
 })();
