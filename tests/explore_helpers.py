@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image, ImageDraw
 
@@ -145,3 +146,15 @@ class ServerProcess:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server() -> ServerProcess:
+    """The shared server (a fixture: import it into a test module)."""
+    return shared_server()[0]
+
+
+@pytest.fixture(scope="module")
+def ckpts() -> dict:
+    """The shared server's checkpoint paths: lenet, resnet18, rgb."""
+    return shared_server()[1]

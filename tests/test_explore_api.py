@@ -26,17 +26,7 @@ from cnnlab.data.images import prepare_image
 from cnnlab.models import build_model
 from cnnlab.train.checkpoint import load_checkpoint
 
-from explore_helpers import digit_png, shared_server
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()[0]
-
-
-@pytest.fixture(scope="module")
-def ckpts():
-    return shared_server()[1]
+from explore_helpers import ckpts, digit_png, server  # noqa: F401  (fixtures)
 
 
 def request(server, method, path, body=None, headers=None, timeout=30):

@@ -24,7 +24,7 @@ from cnnlab.data import load_mnist
 from cnnlab.data.images import prepare_image
 from cnnlab.train.checkpoint import load_checkpoint
 
-from explore_helpers import png_of, shared_server
+from explore_helpers import ckpts, png_of, server  # noqa: F401  (fixtures)
 
 CHROMIUM = os.environ.get("CNNLAB_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
@@ -50,16 +50,6 @@ def browser():
         b = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=TIMEOUT_MS)
         yield b
         b.close()
-
-
-@pytest.fixture(scope="module")
-def server():
-    return shared_server()[0]
-
-
-@pytest.fixture(scope="module")
-def ckpts():
-    return shared_server()[1]
 
 
 @pytest.fixture(scope="module")
