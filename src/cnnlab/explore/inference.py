@@ -23,9 +23,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from cnnlab import nn as cnn
-from cnnlab import ops
 from cnnlab.explore.formula import conv_formula
 from cnnlab.explore.inputs import input_spec
+from cnnlab.ops.edges import laplacian_edges
 
 INFERENCE_LOCK = threading.Lock()
 
@@ -158,7 +158,7 @@ class Explorer:
         if maps:
             grey = torch.from_numpy(prepared.grey)
             result["input"] = {"shape": list(prepared.x.shape), **encode(prepared.x[0])}
-            result["edges"] = {"shape": [1, 30, 30], **encode(ops.laplacian_edges(grey)[None])}
+            result["edges"] = {"shape": [1, 30, 30], **encode(laplacian_edges(grey)[None])}
         result["ms"] = round((time.perf_counter() - t0) * 1000, 2)
         return result
 

@@ -11,8 +11,8 @@ Preparation is chosen per model from its checkpoint (`input_spec(payload, model)
   light, bilinear 28->32, (x - 127.5) / 127.5); a model with C > 1 input channels gets the grey
   image on every channel, as `cnnlab predict` does.
 - "cifar..." sources: RGB resized to 32x32 bilinear, normalised per channel with the data module's
-  mean and std when it provides them (`cnnlab.data.cifar.MEAN` / `STD`, 0-1 scale), else 0.5/0.5
-  (said in the spec's description). A drawn grey digit becomes R = G = B.
+  mean and std when it provides them (`cnnlab.data.cifar10.CIFAR10_MEAN` / `CIFAR10_STD`, 0-1
+  scale), else 0.5/0.5 (said in the spec's description). A drawn grey digit becomes R = G = B.
 `register_input_kind(prefix, factory)` adds another data source.
 """
 
@@ -108,11 +108,12 @@ def rgb_spec(channels: int, mean=None, std=None) -> InputSpec:
 
 
 def _cifar_factory(channels: int) -> InputSpec:
-    try:
-        from cnnlab.data import cifar  # added by the CIFAR-10 work; absent in older trees
+    try:  # the CIFAR-10 data module: its `normalize` defaults are what training uses
+        from cnnlab.data import cifar10
     except ImportError:
-        cifar = None
-    return rgb_spec(channels, getattr(cifar, "MEAN", None), getattr(cifar, "STD", None))
+        cifar10 = None
+    return rgb_spec(channels, getattr(cifar10, "CIFAR10_MEAN", None),
+                    getattr(cifar10, "CIFAR10_STD", None))
 
 
 # data-source prefix -> factory(channels) -> InputSpec; the first matching prefix wins
