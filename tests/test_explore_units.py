@@ -190,3 +190,30 @@ def test_cli_mistakes_are_one_line(argv, words, capsys, tmp_path, monkeypatch):
     assert main(argv + ["--no-browser"]) == 2
     out, err = capsys.readouterr()
     assert out == "" and len(err.strip().splitlines()) == 1 and words in err
+
+
+def test_a_diverged_model_gets_null_not_nan(capsys):
+    import http.client
+    import json
+    import threading
+
+    from cnnlab.explore.server import ExploreServer
+
+    model = build_model("lenet-native")
+    with torch.no_grad():
+        model.linear7.bias.fill_(float("nan"))
+    server = ExploreServer("127.0.0.1", 0)
+    server.explorers = {"nan": Explorer("nan", model, {"model": {"name": "lenet-native"}})}
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=20)
+        conn.request("POST", "/api/predict?model=nan", body=digit_png())
+        resp = conn.getresponse()
+        body = json.loads(resp.read(), parse_constant=lambda c: pytest.fail(f"bare {c} in JSON"))
+        conn.close()
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert resp.status == 200 and body["probs"] == [None] * 10
+    assert body["layers"][0]["name"] == "conv1" and body["layers"][0]["q"]

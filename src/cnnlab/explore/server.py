@@ -24,6 +24,7 @@ import base64
 import io
 import ipaddress
 import json
+import math
 import random
 import socket
 import sys
@@ -46,6 +47,17 @@ STATIC = {  # URL path -> (file in cnnlab/explore/static, content type); nothing
     "/static/maps.js": ("maps.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
+
+
+def _finite(obj):
+    """obj with every NaN or infinite float replaced by None."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {key: _finite(value) for key, value in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(value) for value in obj]
+    return obj
 
 
 class HttpError(Exception):
@@ -161,8 +173,11 @@ class Handler(BaseHTTPRequestHandler):
             self.wfile.write(body)
 
     def _send_json(self, status: int, obj):
-        body = json.dumps(obj, separators=(",", ":")).encode()
-        self._send(status, body, "application/json")
+        try:
+            text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
+        except ValueError:  # a diverged model's NaN: JSON has no such number, the page gets null
+            text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+        self._send(status, text.encode(), "application/json")
 
     def _check_host(self):
         if not self.server.host_allowed(self.headers.get("Host")):
