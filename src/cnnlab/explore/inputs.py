@@ -102,7 +102,7 @@ def rgb_spec(channels: int, mean=None, std=None) -> InputSpec:
         return Prepared(x.float(), grey)
 
     how = "mean/std 0.5 (assumed: the data module gives none)" if assumed else \
-        f"mean {mean.round(4).tolist()}, std {std.round(4).tolist()}"
+        f"mean {[round(float(v), 4) for v in mean]}, std {[round(float(v), 4) for v in std]}"
     return InputSpec("rgb", channels, f"RGB, bilinear to 32x32, (x/255 - mean) / std with {how}",
                      prepare)
 
