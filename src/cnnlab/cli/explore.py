@@ -122,9 +122,11 @@ def start(args):
         raise UserError(f"cannot serve on {args.host}:{args.port}: {err.strerror or err}"
                         + ("; try --port 0 for any free port" if args.port else "")) from err
     print(server.url, flush=True)  # the first line: scripts and tests read it
-    if args.host != "localhost" and ipaddress.ip_address(args.host).is_unspecified:
-        print(f"cnnlab explore: warning: serving on every network interface ({args.host}): anyone "
-              "who can reach this machine can use the page", file=sys.stderr, flush=True)
+    if args.host != "localhost" and not ipaddress.ip_address(args.host).is_loopback:
+        where = ("every network interface" if ipaddress.ip_address(args.host).is_unspecified
+                 else "a network address")
+        print(f"cnnlab explore: warning: serving on {where} ({args.host}): anyone who can reach "
+              "this machine can use the page", file=sys.stderr, flush=True)
     if found is not None:
         print(f"no checkpoint given: using the newest {found}", flush=True)
     if not paths:
