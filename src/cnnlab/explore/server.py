@@ -1,7 +1,7 @@
 """The HTTP side of `cnnlab explore`: the standard library's ThreadingHTTPServer, and its rules.
 
 Routes (JSON unless said otherwise):
-    GET  /                      the page (HTML); /static/{app,i18n,maps}.js, /static/style.css
+    GET  /                      the page (HTML); /static/{app,i18n,maps,formula}.js, /static/style.css
     GET  /api/models            {"models": [Explorer.info(), ...]}
     GET  /api/sample[?index=N]  a bundled MNIST test digit: {"index", "label", "png" (base64)}
     POST /api/predict?model=NAME[&maps=0]          body: an image file -> Explorer.predict
@@ -45,6 +45,7 @@ STATIC = {  # URL path -> (file in cnnlab/explore/static, content type); nothing
     "/static/app.js": ("app.js", "text/javascript; charset=utf-8"),
     "/static/i18n.js": ("i18n.js", "text/javascript; charset=utf-8"),
     "/static/maps.js": ("maps.js", "text/javascript; charset=utf-8"),
+    "/static/formula.js": ("formula.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
 
