@@ -26,6 +26,7 @@ COMMAND_MODULES = [
     "reproduce",  # cnnlab reproduce
     "paddle",     # cnnlab convert-paddle, cnnlab export-paddle
     "data",       # cnnlab data fetch, cnnlab data info
+    "explore",    # cnnlab explore
 ]
 
 

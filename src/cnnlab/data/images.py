@@ -28,15 +28,20 @@ def load_image(path) -> Image.Image:
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                # Composite onto white so transparent areas do not turn black.
-                img = img.convert("RGBA")
-                back = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(back, img)
-            return img.convert("L")
+            return flatten_alpha(img).convert("L")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP, GIF or "
                         "other image file Pillow can open") from err
+
+
+def flatten_alpha(img: Image.Image) -> Image.Image:
+    """An image with transparency composited onto white (so transparent areas do not turn black);
+    other images are returned as they are."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        back = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(back, img)
+    return img
 
 
 def prepare_image(img: Image.Image, invert="auto"):
