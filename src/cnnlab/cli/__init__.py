@@ -23,6 +23,7 @@ COMMAND_MODULES = [
     "edges",      # cnnlab edges
     "reproduce",  # cnnlab reproduce
     "paddle",     # cnnlab convert-paddle, cnnlab export-paddle
+    "tune",       # cnnlab tune
 ]
 
 

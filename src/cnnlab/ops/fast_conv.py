@@ -37,8 +37,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _conv_matmul, _conv_rows, _conv_shift, _conv_unfold
-from ._conv_common import Geometry, channels_last, geometry
+from . import _conv_matmul, _conv_rows, _conv_shift, _conv_unfold, autotune
+from ._conv_common import Geometry, geometry
 
 ALGORITHMS = ("matmul", "shift", "unfold", "im2col", "pointwise")
 _IMPL = {"matmul": _conv_matmul, "shift": _conv_shift, "unfold": _conv_unfold,
@@ -109,11 +109,12 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), algo=None):
     """x [B,D,M,N], weight [P,D,U,V], bias [P] or None -> [B,P,M',N'], M' = (M + 2P - U) // S + 1.
 
     Arguments are assumed valid and 4-D (`cnnlab.ops.conv2d` checks them). `algo` forces one of
-    ALGORITHMS where it applies; None lets the selector choose.
+    ALGORITHMS where it applies; None lets the autotuner choose (measured, or these rules).
     """
     geo = geometry(x.shape, weight.shape, stride, padding)
     if algo is None:
-        algo = choose_algorithm(x.shape, weight.shape, geo, channels_last(x))
+        algo = autotune.conv_algorithm(x, weight, bias, stride, padding, geo, _IMPL, applies,
+                                       choose_algorithm)
     elif algo not in ALGORITHMS:
         raise ValueError(f"conv2d: expected algo in {ALGORITHMS}, got {algo!r}")
     elif not applies(algo, x.shape, geo):
