@@ -101,6 +101,13 @@ def test_timing_stops_early_and_within_its_budget(tuner):
     tuner.calls.clear()
     conv(x2, w2, b2)
     assert tuner.calls == {"shift": 2, "unfold": 2, "im2col": 2}   # one timed round, then over
+    tuner.costs = {"shift": 0.001, "unfold": 0.0041, "im2col": 0.0015}
+    x3, w3, b3 = conv_inputs(batch=32)
+    tuner.calls.clear()
+    conv(x3, w3, b3)
+    assert tuner.calls == {"shift": 3, "unfold": 1, "im2col": 3}   # > 4x after the warm-up
+    assert autotune.measurements()[autotune.conv_key(x3, w3, b3)]["ms"]["unfold"] == \
+        pytest.approx(4.1)
 
 
 def test_a_near_tie_keeps_the_rules_choice(tuner):

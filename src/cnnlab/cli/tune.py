@@ -50,8 +50,11 @@ def tune_model(name: str, batch: int = 64, device="auto", status=None) -> dict:
     if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
         raise UserError(f"--batch must be a positive integer, got {batch!r}")
     dev = resolve_device(device)
-    kwargs = {} if name in ("lenet", "lenet-native") else {"conv_impl": "fast"}
-    model = build_model(name, **kwargs).to(dev)
+    try:
+        model = build_model(name, conv_impl="fast")
+    except UserError:                   # no conv_impl (lenet-native), or no such model at all
+        model = build_model(name)
+    model.to(dev)
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, (cnn.Conv2D, cnn.Pool2D))]
     if not any(m.impl == "fast" for _, m in layers):
         raise UserError(f"model {name!r} runs on torch's layers only: nothing to tune "

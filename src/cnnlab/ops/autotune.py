@@ -21,9 +21,9 @@ An `algo=` argument to fast_conv.conv2d always wins; then pinned choices (`pin`,
 then the mode. `decisions()` returns every choice used so far, JSON-ready, in the form `pin`
 takes back: a run records it and a resumed run replays it bit for bit whatever the cache says.
 
-Cost, bounded per key: one warm-up round; candidates twice as slow as the best after the first
-timed round are dropped; it stops after 2 rounds when one candidate is ahead in every round, at
-5 rounds, or after the round in which Rounds.budget_s of timed work was passed. A candidate that raises is skipped (its
+Cost, bounded per key (`Rounds`): one warm-up round; candidates 4x slower than the best there,
+or 2x after the first timed round, are dropped; it stops after 2 rounds when one candidate is
+ahead in every round, at 5 rounds, or after the round in which 0.25 s of timed work was passed. A candidate that raises is skipped (its
 error is kept in the entry). The timer can be replaced (`set_timer`) so tests need no clock.
 """
 
@@ -60,10 +60,13 @@ class Rounds:
     max_rounds: int = 5
     budget_s: float = 0.25      # per key (the lab's LeNet training: 10 keys, ~0.2 s in all)
     prune: float | None = 2.0   # drop candidates this many times slower than the best, after round 1
+    prune_warm: float | None = 4.0  # ... and this many times, after the warm-up (unfold on 2x2
+    # maps is 20x slower than im2col: timing it again would cost more than the rest of the key)
     tie: float = 0.03           # keep the rule's choice when within 3% of the fastest
 
 
-QUICK, THOROUGH = Rounds(), Rounds(min_rounds=5, max_rounds=5, budget_s=10.0, prune=None)
+QUICK = Rounds()
+THOROUGH = Rounds(min_rounds=5, max_rounds=5, budget_s=10.0, prune=None, prune_warm=None)
 
 
 class _State:
@@ -340,7 +343,8 @@ def _wall_timer(machine):
 def _measure(runs, native, rounds: Rounds, timer):
     """Interleaved rounds (order rotated each round) -> ({name: [seconds]}, errors, rounds).
 
-    Candidates dropped by the pruning keep the times they have (they were slower anyway)."""
+    Candidates dropped by the pruning keep the times they have (those dropped after the warm-up:
+    its time), for the record: they were far slower anyway."""
     fns = dict(runs)
     if native is not None:
         fns[NATIVE] = native
@@ -360,6 +364,9 @@ def _measure(runs, native, rounds: Rounds, timer):
 
     for name in list(alive):
         warm[name] = once(name)
+    if rounds.prune_warm and len(ours := [n for n in alive if n != NATIVE]) > 1:
+        best = min(warm[n] for n in ours)
+        alive = [n for n in alive if n == NATIVE or warm[n] <= rounds.prune_warm * best]
     done = 0
     for r in range(rounds.max_rounds):
         order = alive[r % len(alive):] + alive[:r % len(alive)] if alive else []
@@ -379,7 +386,7 @@ def _measure(runs, native, rounds: Rounds, timer):
             ours = [n for n in alive if n != NATIVE]
         if spent > rounds.budget_s or (done >= rounds.min_rounds and _clear_leader(times, ours)):
             break                                     # over budget: one timed round is enough
-    return {n: t for n, t in times.items() if t and n not in errors}, errors, done
+    return {n: t or [warm[n]] for n, t in times.items() if n not in errors}, errors, done
 
 
 def _clear_leader(times, names) -> bool:
