@@ -23,7 +23,7 @@ cheaper than keeping U*V times the input alive), small ones (<= 10 MiB) are kept
 Algorithms (`choose_algorithm`; any can be forced with `algo=` where it applies):
 - "matmul"   the cropped kernel covers the whole padded input: y = x_flat @ W^T on a view of x.
 - "shift"    stride 1: U*V products over shifted row blocks of the flattened padded image, no
-             im2col at all (see _conv_shift): wide maps with 16-64 channels.
+             im2col at all (see _conv_shift): wide maps with 16-32 channels.
 - "unfold"   per-image columns [n, K, M'*N'] in F.unfold's layout (runs of N' pixels), batched
              products, NCHW in and out: few channels or wide maps (see _conv_unfold).
 - "im2col"   channels-last rows [R, K] (runs of D channels): for channels-last inputs and small
@@ -52,9 +52,12 @@ _IMPL = {"matmul": _conv_matmul, "shift": _conv_shift, "unfold": _conv_unfold,
 UNFOLD_CHANNELS_PER_PIXEL = 4
 UNFOLD_CHANNELS_PER_PIXEL_WIDE = 8          # for N' >= SHIFT_MIN_WIDTH
 # "shift" skips im2col entirely but multiplies with K = D per tap: it wins where the columns
-# copy is as costly as the products, i.e. wide maps (N' >= 16) with 16..64 channels (measured
-# 1.5-1.8x vs 2.0-2.3x native on 64 channels at 32x32); few channels make its products thin.
-SHIFT_CHANNELS = (16, 64)
+# copy is as costly as the products, i.e. wide maps (N' >= 16) with 16..32 channels (AMD EPYC,
+# 1 thread: 1.8x vs 2.8x native at 16 channels on 32x32, 2.9x vs 3.3x at 32 on 16x16); few
+# channels make its products thin. At 64 channels on 32x32 the CPUs disagree: 1.5-1.8x vs
+# 2.0-2.3x native on a 2-core Xeon, 1.97x vs unfold's 1.55x on a 2-core EPYC (2.6x vs 3.4x on
+# one thread); unfold's 3 products a chunk (shift: 27) suffer less from a shared machine's load.
+SHIFT_CHANNELS = (16, 32)
 SHIFT_MIN_WIDTH = 16
 
 
