@@ -380,3 +380,15 @@ def test_both_average_pooling_paths_give_torchs_gradient_on_tiling_windows(size)
         torch.testing.assert_close(torch.autograd.grad(y, x, gy)[0], expected)
     with pytest.raises(ValueError, match="expected algo in"):
         fast_pool.pool2d(x, (3, 3), (2, 2), (1, 1), "avg", "tiles")   # does not tile
+
+
+def test_a_candidate_must_beat_the_rules_choice_in_every_round(tuner):
+    """Noise: shift is faster in the median but lost round 2 to unfold, the rules' choice."""
+    costs = {"shift": [0.001, 0.0009, 0.0015, 0.0009, 0.0009, 0.0009],   # warm-up, rounds 1-5
+             "unfold": [0.0011] + [0.0012] * 5, "im2col": [0.002] * 6}
+    autotune.set_timer(lambda name, run: costs[name].pop(0))
+    x, w, b = conv_inputs()
+    conv(x, w, b)
+    entry = autotune.measurements()[autotune.conv_key(x, w, b)]
+    assert entry["rounds"] == 5 and entry["ms"]["shift"] < entry["ms"]["unfold"]
+    assert entry["algorithm"] == "unfold"

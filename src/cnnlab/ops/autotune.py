@@ -4,7 +4,8 @@ Which algorithm of `fast_conv.ALGORITHMS` is fastest depends on the CPU (or GPU)
 count and the shape: the thresholds of `fast_conv.choose_algorithm` were measured on two CPUs and
 pick a slower one elsewhere. So, as cuDNN's benchmark mode and Triton's autotuner do, the first
 call with a new key times every applicable algorithm on the call's own tensors, forward (+
-backward when a gradient is needed), a few interleaved rounds, and keeps the fastest (median).
+backward when a gradient is needed), a few interleaved rounds, and keeps the fastest (median);
+it departs from the rules' choice only for one that beat it in every round (see `_beats`).
 
 Key = machine ("cpu AMD EPYC, 2 threads" / "cuda NVIDIA H100") + problem
 ("conv2d float32 nchw x64x6x14x14 w16x6x5x5 s1x1 p0x0 grad:w,b"): dtype, memory layout, input
@@ -23,8 +24,9 @@ takes back: a run records it and a resumed run replays it bit for bit whatever t
 
 Cost, bounded per key (`Rounds`): one warm-up round; candidates 4x slower than the best there,
 or 2x after the first timed round, are dropped; it stops after 2 rounds when one candidate is
-ahead in every round, at 5 rounds, or after the round in which 0.25 s of timed work was passed. A candidate that raises is skipped (its
-error is kept in the entry). The timer can be replaced (`set_timer`) so tests need no clock.
+ahead in every round, at 5 rounds, or after the round in which 0.25 s of timed work was passed.
+A candidate that raises is skipped (its error is kept in the entry). The timer can be replaced
+(`set_timer`) so tests need no clock.
 """
 
 from __future__ import annotations
@@ -62,7 +64,8 @@ class Rounds:
     prune: float | None = 2.0   # drop candidates this many times slower than the best, after round 1
     prune_warm: float | None = 4.0  # ... and this many times, after the warm-up (unfold on 2x2
     # maps is 20x slower than im2col: timing it again would cost more than the rest of the key)
-    tie: float = 0.03           # keep the rule's choice when within 3% of the fastest
+    tie: float = 0.03           # keep the rules' choice unless another beats it in every round
+                                # both ran, and by more than 3% in the median (see _beats)
 
 
 QUICK = Rounds()
@@ -310,8 +313,9 @@ def _tune(problem, machine, rule_algo, runs, native, rounds) -> dict:
     times, errors, done = _measure(runs, native, rounds, _state.timer or _wall_timer(machine))
     ms = {n: 1e3 * statistics.median(t) for n, t in times.items() if n != NATIVE}
     best = min(ms, key=ms.get) if ms else rule_algo
-    if rule_algo in ms and ms[rule_algo] <= (1 + rounds.tie) * ms[best]:
-        best = rule_algo                            # a near-tie keeps the rules' choice
+    if best != rule_algo and rule_algo in ms and not _beats(times[best], times[rule_algo],
+                                                            rounds.tie):
+        best = rule_algo
     entry = {"algorithm": best, "rule": rule_algo, "ms": ms, "errors": errors, "rounds": done,
              "tune_s": round(time.perf_counter() - start, 4),
              "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
@@ -387,6 +391,15 @@ def _measure(runs, native, rounds: Rounds, timer):
         if spent > rounds.budget_s or (done >= rounds.min_rounds and _clear_leader(times, ours)):
             break                                     # over budget: one timed round is enough
     return {n: t or [warm[n]] for n, t in times.items() if n not in errors}, errors, done
+
+
+def _beats(ours, rules, tie) -> bool:
+    """Whether a candidate beat the rules' choice in every round both ran (the rounds are
+    interleaved: the same load hit both), by more than `tie` in the median. Noise (a loaded
+    machine) makes rounds disagree, and the rules' choice stays."""
+    pairs = list(zip(ours, rules))
+    return all(a < b for a, b in pairs) and \
+        statistics.median(ours) * (1 + tie) < statistics.median(rules)
 
 
 def _clear_leader(times, names) -> bool:
