@@ -412,57 +412,41 @@ def _clear_leader(times, names) -> bool:
 
 # ------------------------------------------------------------------------------ operators
 
-def _gradient(y_shape, x):
-    """A dense upstream gradient of y's shape, from a private generator (training's RNG
-    stream is left untouched)."""
+def _step(forward, leaves, needs, y_shape, like):
+    """A closure running forward(*leaves) and, when `needs` names any leaf, the backward of a
+    dense upstream gradient through autograd, as training runs it (torch.autograd.grad: nothing
+    accumulates in .grad). Leaves are detached copies of the call's tensors; the gradient comes
+    from a private generator, so training's random stream is left untouched."""
+    leaves = [None if t is None else t.detach().requires_grad_(n) for t, n in zip(leaves, needs)]
+    wanted = [t for t in leaves if t is not None and t.requires_grad]
+    if not wanted:
+        return lambda: forward(*leaves)
     gen = torch.Generator().manual_seed(0)
-    return torch.randn(y_shape, generator=gen, dtype=x.dtype).to(x.device)
+    gy = torch.randn(y_shape, generator=gen, dtype=like.dtype).to(like.device)
+    return lambda: torch.autograd.grad(forward(*leaves), wanted, gy)
 
 
-def conv_algorithm(x, weight, bias, stride, padding, geo, impls, applies, rule) -> str:
-    """fast_conv.conv2d's choice when no `algo` is forced. impls: {name: module with forward /
-    backward}; applies(name, x_shape, geo); rule(x_shape, w_shape, geo, x_channels_last)."""
+def conv_algorithm(x, weight, bias, stride, padding, geo, algorithms, applies, rule,
+                   apply) -> str:
+    """fast_conv.conv2d's choice when no `algo` is forced: one of `algorithms` for which
+    applies(name, x_shape, geo); rule(x_shape, w_shape, geo, x_channels_last) is the rules'
+    choice; apply(x, weight, bias, geo, name) -> y runs one (autograd-aware)."""
     problem = _conv_problem(x, weight, bias, stride, padding)
     grads = problem[-1]
-    need_x, need_w, need_b = ("x" in grads), ("w" in grads), ("b" in grads)
-
-    def tensors():
-        xd, wd = x.detach(), weight.detach()
-        bd = None if bias is None else bias.detach()
-        mo, no = geo.out
-        gy = _gradient((x.shape[0], weight.shape[0], mo, no), x) if grads else None
-        return xd, wd, bd, gy
+    needs = ("x" in grads, "w" in grads, "b" in grads)
+    y_shape = (x.shape[0], weight.shape[0], *geo.out)
 
     def candidates():
-        xd, wd, bd, gy = tensors()
-        return {name: _conv_run(impl, xd, wd, bd, geo, gy, need_x, need_w, need_b)
-                for name, impl in impls.items() if applies(name, x.shape, geo)}
+        return {a: _step(lambda *t, a=a: apply(*t, geo, a), (x, weight, bias), needs, y_shape, x)
+                for a in algorithms if applies(a, x.shape, geo)}
 
     def native():
-        xd, wd, bd, gy = tensors()
-        mask = [need_x, need_w, need_b and bd is not None]
-
-        def run():
-            F.conv2d(xd, wd, bd, stride, padding)
-            if gy is not None:
-                torch.ops.aten.convolution_backward(
-                    gy, xd, wd, None if bd is None else [bd.shape[0]], list(stride),
-                    list(padding), [1, 1], False, [0, 0], 1, mask)
-        return run
+        return _step(lambda *t: F.conv2d(*t, stride, padding), (x, weight, bias), needs,
+                     y_shape, x)
 
     return _decide(problem, x.device,
                    lambda: rule(x.shape, weight.shape, geo, _layout(x) == "nhwc"),
-                   lambda a: a in impls and applies(a, x.shape, geo), candidates, native)
-
-
-def _conv_run(impl, x, w, b, geo, gy, need_x, need_w, need_b):
-    def run():
-        y, kept = impl.forward(x, w, b, geo)
-        if need_x or need_w:
-            impl.backward(x, w, gy, geo, need_x, need_w, kept)
-        if need_b:
-            gy.sum(dim=(0, 2, 3))
-    return run
+                   lambda a: a in algorithms and applies(a, x.shape, geo), candidates, native)
 
 
 def pool_algorithm(x, kernel, stride, padding, mode_name, algorithms, apply) -> str:
@@ -472,22 +456,19 @@ def pool_algorithm(x, kernel, stride, padding, mode_name, algorithms, apply) -> 
     if len(algorithms) == 1 or not _grads(x):
         return algorithms[0]
     problem = _pool_problem(x, kernel, stride, padding, mode_name)
-
-    def backward_run(forward):
-        xd = x.detach().requires_grad_()
-        y = forward(xd)
-        gy = _gradient(y.shape, x)
-        return lambda: torch.autograd.grad(forward(xd), xd, gy)
+    y_shape = tuple(x.shape[:2]) + tuple((m + 2 * p - k) // s + 1 for m, k, s, p in
+                                         zip(x.shape[2:], kernel, stride, padding))
 
     def candidates():
-        return {a: backward_run(lambda t, a=a: apply(t, kernel, stride, padding, a))
-                for a in algorithms}
+        return {a: _step(lambda t, a=a: apply(t, kernel, stride, padding, a), (x,), (True,),
+                         y_shape, x) for a in algorithms}
 
     def native():
         if mode_name == "max":
-            return backward_run(lambda t: F.max_pool2d(t, kernel, stride, padding))
-        return backward_run(lambda t: F.avg_pool2d(t, kernel, stride, padding,
-                                                   count_include_pad=True))
+            return _step(lambda t: F.max_pool2d(t, kernel, stride, padding), (x,), (True,),
+                         y_shape, x)
+        return _step(lambda t: F.avg_pool2d(t, kernel, stride, padding, count_include_pad=True),
+                     (x,), (True,), y_shape, x)
 
     return _decide(problem, x.device, lambda: algorithms[0], lambda a: a in algorithms,
                    candidates, native)

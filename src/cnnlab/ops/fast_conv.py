@@ -116,8 +116,8 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), algo=None):
     """
     geo = geometry(x.shape, weight.shape, stride, padding)
     if algo is None:
-        algo = autotune.conv_algorithm(x, weight, bias, stride, padding, geo, _IMPL, applies,
-                                       choose_algorithm)
+        algo = autotune.conv_algorithm(x, weight, bias, stride, padding, geo, ALGORITHMS,
+                                       applies, choose_algorithm, _Conv2d.apply)
     elif algo not in ALGORITHMS:
         raise ValueError(f"conv2d: expected algo in {ALGORITHMS}, got {algo!r}")
     elif not applies(algo, x.shape, geo):
