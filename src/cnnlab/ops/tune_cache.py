@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from cnnlab import __version__
+from cnnlab.errors import UserError
 from cnnlab.runinfo import cpu_model
 
 FORMAT = 1
@@ -111,13 +112,13 @@ class DiskCache:
         text = json.dumps({**header(), "entries": entries}, indent=1, sort_keys=True)
         try:
             _atomic_write(self.path, text.encode())
-        except OSError as err:
+        except (OSError, UserError) as err:          # cnnlab.atomic raises UserError
             self._warn(f"cannot save the autotune cache {self.path} ({err}); choices are kept "
                        "in memory only")
 
 
-# TODO(integrator): cnnlab.atomic.atomic_write once it lands (the same steps; train/checkpoint
-# has one too, but ops may not import train).
+# TODO(integrator): `cnnlab.atomic.write_text(path, text)` on main does the same (ops may not
+# import train/checkpoint's); this stands in until the branches meet.
 def _atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename: `path` is always old or complete."""
     path.parent.mkdir(parents=True, exist_ok=True)
