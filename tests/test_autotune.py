@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import nn as cnn
+from cnnlab import runinfo
 from cnnlab.errors import UserError
 from cnnlab.ops import _conv_rows, autotune, fast_conv, fast_pool, tune_cache
 from train_helpers import one_thread
@@ -86,9 +87,8 @@ def test_times_every_applicable_candidate_and_keeps_the_fastest(tuner):
     entry = autotune.measurements()[autotune.conv_key(x, w, b)]
     assert entry["rule"] == "unfold" and entry["ms"]["shift"] == pytest.approx(1.0)
     saved = json.loads(autotune.cache_path().read_text())
-    assert saved["entries"][f"cpu {autotune._device_name('cpu', None)[4:]}, "
-                            f"{torch.get_num_threads()} threads | {autotune.conv_key(x, w, b)}"
-                            ]["algorithm"] == "shift"
+    machine = f"cpu {runinfo.cpu_model()}, {torch.get_num_threads()} threads"
+    assert saved["entries"][f"{machine} | {autotune.conv_key(x, w, b)}"]["algorithm"] == "shift"
 
 
 def test_timing_stops_early_and_within_its_budget(tuner):

@@ -170,28 +170,20 @@ def interleaved(fn_a, fn_b, device, reps=5, warmup=1, budget_s=None):
     return median_of(rounds, "a"), median_of(rounds, "b"), median_of(rounds, "b", "a")
 
 
-def conv_tensors(shape: ConvShape, batch: int, device, dtype=torch.float32, seed=0,
-                 dx_first=True):
-    """x, weight, bias (or None) as leaves needing gradients (x not, for a first layer when
-    not dx_first), and a dense upstream gradient of the output's shape."""
+def conv_step(shape: ConvShape, impl: str, batch: int, device, dtype=torch.float32, seed=0,
+              dx_first=True, tuner=None):
+    """A closure running conv2d forward + backward (grads of x, weight, bias; no dx for a first
+    layer unless dx_first) on fixed tensors; `tuner`: the autotune mode to run under (None: the
+    mode in force)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, shape.d, shape.h, shape.h, generator=gen, dtype=dtype)
     w = torch.randn(shape.p, shape.d, shape.k, shape.k, generator=gen, dtype=dtype)
     w /= math.sqrt(shape.d * shape.k * shape.k)
     b = torch.randn(shape.p, generator=gen, dtype=dtype) if shape.bias else None
     x, w, b = (None if t is None else t.to(device).requires_grad_() for t in (x, w, b))
-    if shape.first and not dx_first:
-        x.requires_grad_(False)
+    x.requires_grad_(dx_first or not shape.first)
     ho = (shape.h + 2 * shape.pad - shape.k) // shape.s + 1
     grad = torch.randn(batch, shape.p, ho, ho, generator=gen, dtype=dtype).to(device)
-    return x, w, b, grad
-
-
-def conv_step(shape: ConvShape, impl: str, batch: int, device, dtype=torch.float32, seed=0,
-              dx_first=True, tuner=None):
-    """A closure running conv2d forward + backward (grads of x, weight, bias) on fixed tensors;
-    `tuner`: the autotune mode to run under (None: the mode in force)."""
-    x, w, b, grad = conv_tensors(shape, batch, device, dtype, seed, dx_first)
     leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
     mode = contextlib.nullcontext if tuner is None else functools.partial(autotune.using, tuner)
 
