@@ -26,7 +26,8 @@ def main(argv=None):
     ap.add_argument("--models", nargs="*", choices=[p[0] for p in speed.MODEL_PAIRS],
                     help="only these models")
     ap.add_argument("--keep-cache", action="store_true",
-                    help="tune with the user's autotune cache (default: an empty one)")
+                    help="tune with the user's autotune cache (default: an empty one; with "
+                         "the cache, shapes found there show no algorithm)")
     args = ap.parse_args(argv)
     code = apply_timing_arguments(args)
     if code:

@@ -36,7 +36,8 @@ def main(argv=None):
     ap.add_argument("--candidates", action="store_true",
                     help="also time every algorithm of every conv shape (slow: ~1-2 min)")
     ap.add_argument("--keep-cache", action="store_true",
-                    help="tune with the user's autotune cache (default: an empty one)")
+                    help="tune with the user's autotune cache (default: an empty one; with "
+                         "the cache, shapes found there show no algorithm)")
     args = ap.parse_args(argv)
     code = apply_timing_arguments(args)
     if code:

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
+import tempfile
 
 import torch
 
@@ -167,9 +169,6 @@ def format_candidates(table) -> str:
 @contextlib.contextmanager
 def fresh_cache():
     """A temporary, empty autotune cache for the block (figures of a fresh tuning)."""
-    import os
-    import tempfile
-
     before = os.environ.get("CNNLAB_CACHE_DIR")
     with tempfile.TemporaryDirectory(prefix="cnnlab-autotune-") as tmp:
         os.environ["CNNLAB_CACHE_DIR"] = tmp

@@ -225,9 +225,9 @@ def _tune(problem, machine, rule_algo, runs, native, rounds) -> dict:
     times, errors, done = timing.measure(runs, native, rounds, timer)
     ms = {n: 1e3 * statistics.median(t) for n, t in times.items() if n != NATIVE}
     best = min(ms, key=ms.get) if ms else rule_algo
-    if best != rule_algo and rule_algo in ms and not timing.beats(times[best], times[rule_algo],
-                                                            rounds.tie):
-        best = rule_algo
+    if best != rule_algo and rule_algo in ms and \
+            not timing.beats(times[best], times[rule_algo], rounds.tie):
+        best = rule_algo                       # noise, not a faster algorithm: keep the rules'
     entry = {"algorithm": best, "rule": rule_algo, "ms": ms, "errors": errors, "rounds": done,
              "tune_s": round(time.perf_counter() - start, 4),
              "load": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
