@@ -156,7 +156,7 @@ def format_tuned(title, table) -> str:
 
 def format_candidates(table) -> str:
     lines = ["every algorithm / native (F.conv2d), one thorough tuning per shape "
-             "(* = fastest, r = the rules' choice)"]
+             "(* = the tuner's choice, r = the rules')"]
     for r in table["rows"]:
         cells = "  ".join(f"{a} {x:.2f}{'*' if a == r['algorithm'] else ''}"
                           f"{'r' if a == r['rule'] else ''}" for a, x in r["ratios"].items())
