@@ -35,5 +35,5 @@ def apply_timing_arguments(args):
 def print_header(env, batch, what):
     """One line saying what was measured and where: versions, device, threads, clock, load."""
     print(f"torch {env['torch']}, {env['device']} ({env['device_name']}), {env['threads']} threads, "
-          f"{env['clock']} clock, load average {env['load_average']:.1f}, "
-          f"batch {batch}, float32, {what}, median of interleaved pairs\n")
+          f"{env['clock']} clock, load average {env['load_average']:.1f}, autotune "
+          f"{env['autotune']}, batch {batch}, float32, {what}, median of interleaved pairs\n")

@@ -5,7 +5,8 @@
 For the shapes where `conv2d(impl="fast")` is furthest from F.conv2d (LeNet's conv3, ResNet18's
 64-channel 3x3 convs), times in one interleaved run (the order rotates every round, median):
   native   F.conv2d forward + backward (dx, dW, db)
-  fast     cnnlab's conv2d forward + backward (the algorithm the selector picks)
+  fast     cnnlab's conv2d forward + backward (the algorithm the rules pick, forced: the
+           autotuner may pick another; `cnnlab tune` and benchmarks/ops.py show its choice)
   gemm     only the matrix products that algorithm performs, on preallocated contiguous
            operands of the same shapes (no im2col copy, no layout change, no col2im)
 If `gemm` alone is already close to `native`, no rearrangement of copies can bring `fast` to
@@ -25,7 +26,6 @@ import time
 import torch
 import torch.nn.functional as F
 
-from cnnlab import ops
 from cnnlab.analysis import speed
 from cnnlab.models import build_model
 from cnnlab.ops import fast_conv
@@ -39,11 +39,16 @@ def _products(algo, b, d, p, h, k, pad):
     hp = h + 2 * pad
     r, kk, L = b * ho * ho, d * k * k, ho * ho
     t = torch.randn
-    if algo == "unfold":       # per-image products; dx by U*V shifted products (_conv_dx)
-        w, cols, g = t(p, kk), t(b, kk, L), t(b, p, L)
-        wt, gf, acc = t(k * k, d, p), t(p, b * hp * hp), t(d, b * hp * hp)
+    if algo == "unfold":       # per-image products; dx: P <= 2D by the columns of dY padded
+        w, cols, g = t(p, kk), t(b, kk, L), t(b, p, L)   # (one product), else by U*V shifted
+        if p <= 2 * d:                                    # products (_conv_dx)
+            wf, gcols = t(d, p * k * k), t(b, p * k * k, h * h)
+            dx = lambda: torch.matmul(wf, gcols)
+        else:
+            wt, gf, acc = t(k * k, d, p), t(p, b * hp * hp), t(d, b * hp * hp)
+            dx = lambda: [acc.addmm_(wt[i], gf) for i in range(k * k)]
         return [lambda: torch.matmul(w, cols), lambda: torch.bmm(g, cols.transpose(1, 2)).sum(0),
-                lambda: [acc.addmm_(wt[i], gf) for i in range(k * k)]]
+                dx]
     if algo == "im2col":       # one product each over channels-last rows
         rows, w, g = t(r, kk), t(kk, p), t(r, p)
         return [lambda: torch.mm(rows, w), lambda: torch.mm(g.t(), rows), lambda: torch.mm(rows, w)]
@@ -120,7 +125,8 @@ def main(argv=None):
         algo = fast_conv.choose_algorithm(x.shape, w.shape, geo)
         gemms = _products(algo, b, d, p, h, k, pad)
         runs = {"native": lambda: F.conv2d(x, w, bias, 1, pad).backward(gy),
-                "fast": lambda: ops.conv2d(x, w, bias, 1, pad).backward(gy),
+                "fast": lambda: fast_conv.conv2d(x, w, bias, (1, 1), (pad, pad),
+                                                 algo=algo).backward(gy),
                 "gemm": lambda: [f() for f in gemms]}
         names = list(runs)
         med = {n: t * 1e3 for n, t in rotated(runs, args.reps, clock).items()}

@@ -109,7 +109,8 @@ def test_selector_choices():
     assert pick((64, 1, 32, 32), (6, 1, 5, 5), 1, 0, last=True) == "im2col"
     assert pick((64, 128, 4, 4), (128, 128, 3, 3), 1, 1) == "im2col"       # small map
     assert pick((64, 128, 4, 4), (256, 128, 1, 1), 2, 0) == "pointwise"
-    assert pick((64, 64, 32, 32), (64, 64, 3, 3), 1, 1) == "shift"         # wide, 64 channels
+    assert pick((64, 32, 32, 32), (32, 32, 3, 3), 1, 1) == "shift"         # wide, 32 channels
+    assert pick((64, 64, 32, 32), (64, 64, 3, 3), 1, 1) == "unfold"        # wide, 64 channels
     assert pick((64, 64, 32, 32), (128, 64, 3, 3), 2, 1) == "unfold"       # shift needs stride 1
     assert pick((64, 128, 16, 16), (128, 128, 3, 3), 1, 1) == "unfold"     # 128 channels, 16 wide
     assert pick((64, 64, 8, 8), (64, 64, 3, 3), 1, 1) == "im2col"          # small map

@@ -2,16 +2,19 @@
 
 Every figure is a ratio from one run of interleaved repetitions (A, B, B, A, A, B, ...), so load
 from other processes hits both sides alike; the reported ratio is the median of the per-pair
-ratios, the times are medians too. Forward + backward (gradients of x, weight and bias), float32.
-Used by `benchmarks/ops.py`, `benchmarks/models.py` and the report (`run_report_table`).
+ratios, the times are medians too. Forward + backward (gradients of x, weight and bias; with
+`dx_first=False` no dx for a model's first layer, as in training), float32.
+Used by `benchmarks/ops.py`, `benchmarks/models.py`, the report (`run_report_table`) and
+`cnnlab.analysis.tuned` (the autotuner's figures).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import json
 import math
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -21,7 +24,8 @@ from dataclasses import asdict, dataclass
 import torch
 
 from cnnlab import ops
-from cnnlab.ops import fast_conv
+from cnnlab.ops import autotune, fast_conv
+from cnnlab.runinfo import cpu_model
 
 
 @dataclass(frozen=True)
@@ -36,6 +40,7 @@ class ConvShape:
     h: int
     bias: bool
     where: str
+    first: bool = False   # the first layer of every model it occurs in: training needs no dx
 
     def label(self) -> str:
         return f"{self.d:>3}->{self.p:<3} {self.k}x{self.k}/{self.s} p{self.pad} @{self.h}x{self.h}"
@@ -86,7 +91,9 @@ def conv_shapes() -> list[ConvShape]:
     for *key, bias, where in layers:
         key = tuple(key) + (bias,)
         seen.setdefault(key, []).append(where)
-    return [ConvShape(*key, where=", ".join(w)) for key, w in seen.items()]
+    # Each model's first conv is listed first and named "<model> conv1".
+    return [ConvShape(*key, where=", ".join(w), first=all(n.endswith(" conv1") for n in w))
+            for key, w in seen.items()]
 
 
 def pool_shapes() -> list[PoolShape]:
@@ -112,11 +119,19 @@ _clock = CLOCKS["wall"]
 
 
 def set_clock(name: str) -> None:
-    """Time with the "wall" (default) or "cpu" clock; "cpu" also sets torch to one thread."""
+    """Time with the "wall" (default) or "cpu" clock; "cpu" also sets torch to one thread.
+    The autotuner times its candidates with the same clock."""
     global _clock
     _clock = CLOCKS[name]
     if name == "cpu":
         torch.set_num_threads(1)
+    autotune.set_timer(None if name == "wall" else _cpu_timer)
+
+
+def _cpu_timer(_name, run):
+    t0 = time.thread_time()
+    run()
+    return time.thread_time() - t0
 
 
 def _time(fn, device):
@@ -127,62 +142,90 @@ def _time(fn, device):
     return _clock() - t0
 
 
-def interleaved(fn_a, fn_b, device, reps=5, warmup=1, budget_s=None):
-    """Median times (s) of fn_a and fn_b and the median of per-pair ratios b/a.
-
-    Runs A,B then B,A alternately so drift and load hit both; stops early after `budget_s`
-    seconds once 3 pairs are in.
-    """
+def rotated(fns: dict, device, reps=5, warmup=1, budget_s=None) -> list[dict]:
+    """Rounds of one timed call of every fn, the order rotated each round (A,B,C then B,C,A ...)
+    so drift and load hit all alike: [{name: seconds}, ...]. Stops early after `budget_s` seconds
+    once 3 rounds are in."""
+    names = list(fns)
     for _ in range(warmup):
-        fn_a(), fn_b()
-    ta, tb, start = [], [], time.perf_counter()
+        for n in names:
+            fns[n]()
+    rounds, start = [], time.perf_counter()
     for r in range(reps):
-        if r % 2 == 0:
-            a, b = _time(fn_a, device), _time(fn_b, device)
-        else:
-            b, a = _time(fn_b, device), _time(fn_a, device)
-        ta.append(a)
-        tb.append(b)
+        k = r % len(names)
+        rounds.append({n: _time(fns[n], device) for n in names[k:] + names[:k]})
         if budget_s is not None and r >= 2 and time.perf_counter() - start > budget_s:
             break
-    ratio = statistics.median(b / a for a, b in zip(ta, tb))
-    return statistics.median(ta), statistics.median(tb), ratio
+    return rounds
 
 
-def conv_step(shape: ConvShape, impl: str, batch: int, device, dtype=torch.float32, seed=0):
-    """A closure running conv2d forward + backward (grads of x, weight, bias) on fixed tensors."""
+def median_of(rounds, name, over=None) -> float:
+    """Median time of `name` over the rounds, or the median per-round ratio name / over."""
+    return statistics.median(r[name] / (r[over] if over else 1.0) for r in rounds)
+
+
+def interleaved(fn_a, fn_b, device, reps=5, warmup=1, budget_s=None):
+    """Median times (s) of fn_a and fn_b and the median of per-pair ratios b/a (A,B then B,A)."""
+    rounds = rotated({"a": fn_a, "b": fn_b}, device, reps, warmup, budget_s)
+    return median_of(rounds, "a"), median_of(rounds, "b"), median_of(rounds, "b", "a")
+
+
+def conv_step(shape: ConvShape, impl: str, batch: int, device, dtype=torch.float32, seed=0,
+              dx_first=True, tuner=None):
+    """A closure running conv2d forward + backward (grads of x, weight, bias; no dx for a first
+    layer unless dx_first) on fixed tensors; `tuner`: the autotune mode to run under (None: the
+    mode in force)."""
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, shape.d, shape.h, shape.h, generator=gen, dtype=dtype)
     w = torch.randn(shape.p, shape.d, shape.k, shape.k, generator=gen, dtype=dtype)
     w /= math.sqrt(shape.d * shape.k * shape.k)
     b = torch.randn(shape.p, generator=gen, dtype=dtype) if shape.bias else None
-    leaves = [t.to(device).requires_grad_() for t in (x, w, b) if t is not None]
-    x, w = leaves[0], leaves[1]
-    b = leaves[2] if shape.bias else None
+    x, w, b = (None if t is None else t.to(device).requires_grad_() for t in (x, w, b))
+    x.requires_grad_(dx_first or not shape.first)
     ho = (shape.h + 2 * shape.pad - shape.k) // shape.s + 1
     grad = torch.randn(batch, shape.p, ho, ho, generator=gen, dtype=dtype).to(device)
+    leaves = [t for t in (x, w, b) if t is not None and t.requires_grad]
+    mode = contextlib.nullcontext if tuner is None else functools.partial(autotune.using, tuner)
 
     def step():
         for t in leaves:
             t.grad = None
-        ops.conv2d(x, w, b, shape.s, shape.pad, impl=impl).backward(grad)
+        with mode():
+            ops.conv2d(x, w, b, shape.s, shape.pad, impl=impl).backward(grad)
     return step
 
 
-def pool_step(shape: PoolShape, impl: str, batch: int, device, dtype=torch.float32, seed=0):
+def pool_step(shape: PoolShape, impl: str, batch: int, device, dtype=torch.float32, seed=0,
+              tuner=None):
     gen = torch.Generator().manual_seed(seed)
     x = torch.randn(batch, shape.c, shape.h, shape.h, generator=gen, dtype=dtype)
     x = x.to(device).requires_grad_()
     ho = (shape.h + 2 * shape.pad - shape.k) // shape.s + 1
     grad = torch.randn(batch, shape.c, ho, ho, generator=gen, dtype=dtype).to(device)
+    mode = contextlib.nullcontext if tuner is None else functools.partial(autotune.using, tuner)
 
     def step():
         x.grad = None
-        ops.pool2d(x, shape.k, shape.s, shape.pad, shape.mode, impl=impl).backward(grad)
+        with mode():
+            ops.pool2d(x, shape.k, shape.s, shape.pad, shape.mode, impl=impl).backward(grad)
     return step
 
 
-def algorithm(shape: ConvShape, batch: int) -> str:
+def conv_key(shape: ConvShape, batch: int, dx_first=True) -> str:
+    """The autotuner's key of conv_step's call (meta tensors: shapes only, no data)."""
+    def meta(*size, grad=True):
+        return torch.empty(size, device="meta", requires_grad=grad)
+    x = meta(batch, shape.d, shape.h, shape.h, grad=dx_first or not shape.first)
+    w, b = meta(shape.p, shape.d, shape.k, shape.k), meta(shape.p) if shape.bias else None
+    return autotune.conv_key(x, w, b, shape.s, shape.pad)
+
+
+def algorithm(shape: ConvShape, batch: int, dx_first=True) -> str:
+    """The algorithm fast conv2d used for this shape: the autotuner's decision once the shape
+    has run in this process, else what the rules pick."""
+    used = autotune.decisions().get(conv_key(shape, batch, dx_first))
+    if used:
+        return used["algorithm"]
     xs, ws = (batch, shape.d, shape.h, shape.h), (shape.p, shape.d, shape.k, shape.k)
     geo = fast_conv.geometry(xs, ws, (shape.s, shape.s), (shape.pad, shape.pad))
     return fast_conv.choose_algorithm(xs, ws, geo, x_channels_last=False)
@@ -194,7 +237,8 @@ def summarize(rows) -> dict:
             "worst": max(ratios), "best": min(ratios)}
 
 
-def measure(batch=64, device="cpu", impl="fast", reps=5, quick=False, shapes=None) -> dict:
+def measure(batch=64, device="cpu", impl="fast", reps=5, quick=False, shapes=None,
+            dx_first=True) -> dict:
     """Conv forward+backward, `impl` vs native, on every model shape: rows + geomean + worst.
 
     Each row: shape, where, native_ms, <impl>_ms (as "fast_ms"), ratio (impl / native), algorithm.
@@ -202,13 +246,14 @@ def measure(batch=64, device="cpu", impl="fast", reps=5, quick=False, shapes=Non
     device = torch.device(device)
     rows = []
     for shape in shapes or conv_shapes():
-        native = conv_step(shape, "native", batch, device)
-        ours = conv_step(shape, impl, batch, device)
+        native = conv_step(shape, "native", batch, device, dx_first=dx_first)
+        ours = conv_step(shape, impl, batch, device, dx_first=dx_first)
         t_native, t_ours, ratio = interleaved(native, ours, device, reps=3 if quick else reps,
                                               budget_s=2.0 if quick else 8.0)
         rows.append({"shape": shape.label(), "where": shape.where, "native_ms": 1e3 * t_native,
                      "fast_ms": 1e3 * t_ours, "ratio": ratio,
-                     "algorithm": algorithm(shape, batch) if impl == "fast" else impl})
+                     "algorithm": algorithm(shape, batch, dx_first) if impl == "fast"
+                     else impl})
     return summarize(rows)
 
 
@@ -316,20 +361,23 @@ def peak_memory(shape: ConvShape, impl: str, batch: int, device="cpu") -> int:
 
     CPU: a fresh child process (peak RSS minus RSS before the step, so torch's and oneDNN's
     private buffers count too). CUDA: torch.cuda.max_memory_allocated around the step.
+    The fast conv runs the algorithm `algorithm()` names (pinned: no tuning inside the step).
     """
+    pins = {conv_key(shape, batch): algorithm(shape, batch)}
     if torch.device(device).type == "cuda":
         step = conv_step(shape, impl, batch, torch.device(device))
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-        step()
+        with autotune.pinned(pins):
+            step()
         torch.cuda.synchronize()
         return torch.cuda.max_memory_allocated() - base
     code = ("import json,sys; from cnnlab.analysis import speed; "
             "print(json.dumps(speed._child_peak(json.loads(sys.argv[1]), sys.argv[2], "
-            "int(sys.argv[3]))))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(shape)), impl, str(batch)],
-                         capture_output=True, text=True, check=True)
+            "int(sys.argv[3]), json.loads(sys.argv[4]))))")
+    out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(shape)), impl, str(batch),
+                          json.dumps(pins)], capture_output=True, text=True, check=True)
     return int(json.loads(out.stdout.strip().splitlines()[-1]))
 
 
@@ -341,8 +389,10 @@ def _status_kib(field):
     raise KeyError(field)
 
 
-def _child_peak(shape_dict, impl, batch):
+def _child_peak(shape_dict, impl, batch, pins=None):
     """Peak RSS growth (bytes) of one conv forward+backward, in this (fresh) process."""
+    autotune.pin(pins or {})
+    autotune.set_mode("cached")         # the warm-up's batch-1 key: never timed here
     shape = ConvShape(**shape_dict)
     conv_step(shape, impl, 1, torch.device("cpu"))()    # one-time set-up (kernels, thread pool)
     step = conv_step(shape, impl, batch, torch.device("cpu"))
@@ -370,11 +420,11 @@ def measure_memory(batch=64, device="cpu") -> dict:
 
 def environment(device="cpu") -> dict:
     dev = torch.device(device)
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else platform.processor() or \
-        platform.machine()
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else cpu_model()
     clock = next(k for k, v in CLOCKS.items() if v is _clock)
     return {"torch": torch.__version__, "device": str(dev), "device_name": name,
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "clock": clock,
+            "autotune": autotune.mode(),
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
 
 

@@ -27,6 +27,7 @@ COMMAND_MODULES = [
     "paddle",     # cnnlab convert-paddle, cnnlab export-paddle
     "data",       # cnnlab data fetch, cnnlab data info
     "explore",    # cnnlab explore
+    "tune",       # cnnlab tune
 ]
 
 

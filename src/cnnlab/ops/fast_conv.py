@@ -24,7 +24,7 @@ are computed separately (`weight_grad`, `input_grad` of each algorithm), each in
 Algorithms (`choose_algorithm`; any can be forced with `algo=` where it applies):
 - "matmul"   the cropped kernel covers the whole padded input: y = x_flat @ W^T on a view of x.
 - "shift"    stride 1: U*V products over shifted row blocks of the flattened padded image, no
-             im2col at all (see _conv_shift): wide maps with 16-64 channels.
+             im2col at all (see _conv_shift): wide maps with 16-32 channels.
 - "unfold"   per-image columns [n, K, M'*N'] in F.unfold's layout (runs of N' pixels), batched
              products, NCHW in and out: few channels or wide maps (see _conv_unfold).
 - "im2col"   channels-last rows [R, K] (runs of D channels): for channels-last inputs and small
@@ -38,8 +38,8 @@ from __future__ import annotations
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import _conv_matmul, _conv_rows, _conv_shift, _conv_unfold
-from ._conv_common import Geometry, channels_last, geometry
+from . import _conv_matmul, _conv_rows, _conv_shift, _conv_unfold, autotune
+from ._conv_common import Geometry, geometry
 
 ALGORITHMS = ("matmul", "shift", "unfold", "im2col", "pointwise")
 _IMPL = {"matmul": _conv_matmul, "shift": _conv_shift, "unfold": _conv_unfold,
@@ -55,8 +55,9 @@ _DY_CHANNELS_LAST = ("im2col", "pointwise")
 UNFOLD_CHANNELS_PER_PIXEL = 4
 UNFOLD_CHANNELS_PER_PIXEL_WIDE = 8          # for N' >= SHIFT_MIN_WIDTH
 # "shift" skips im2col but multiplies with K = D per tap: it wins where the columns copy costs as
-# much as the products (wide maps, 16..64 channels); few channels make its products thin.
-SHIFT_CHANNELS = (16, 64)
+# much as the products (wide maps, 16..32 channels); few channels make its products thin, and at
+# 64 channels the CPUs measured disagree (benchmarks/README.md).
+SHIFT_CHANNELS = (16, 32)
 SHIFT_MIN_WIDTH = 16
 
 
@@ -118,11 +119,12 @@ def conv2d(x, weight, bias=None, stride=(1, 1), padding=(0, 0), algo=None):
     """x [B,D,M,N], weight [P,D,U,V], bias [P] or None -> [B,P,M',N'], M' = (M + 2P - U) // S + 1.
 
     Arguments are assumed valid and 4-D (`cnnlab.ops.conv2d` checks them). `algo` forces one of
-    ALGORITHMS where it applies; None lets the selector choose.
+    ALGORITHMS where it applies; None lets the autotuner choose (measured, or these rules).
     """
     geo = geometry(x.shape, weight.shape, stride, padding)
     if algo is None:
-        algo = choose_algorithm(x.shape, weight.shape, geo, channels_last(x))
+        algo = autotune.conv_algorithm(x, weight, bias, stride, padding, geo, ALGORITHMS,
+                                       applies, choose_algorithm, _Conv2d.apply)
     elif algo not in ALGORITHMS:
         raise ValueError(f"conv2d: expected algo in {ALGORITHMS}, got {algo!r}")
     elif not applies(algo, x.shape, geo):

@@ -27,8 +27,13 @@ import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from . import autotune
 from ._checks import out_size
 from ._conv_common import window_pixels
+
+# Average pooling's backward paths: "tiles" (windows that tile the plane, see _AvgPool) or
+# "views" (writes through strided window views, any geometry); the autotuner picks per shape.
+AVG_ALGORITHMS = ("tiles", "views")
 
 
 def _pad(x, padding, value):
@@ -131,17 +136,17 @@ def _window_sum(x_pad, kernel, stride, out):
 
 class _AvgPool(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, x, kernel, stride, padding):
+    def forward(ctx, x, kernel, stride, padding, algo):
         out = (out_size(x.shape[2], kernel[0], padding[0], stride[0]),
                out_size(x.shape[3], kernel[1], padding[1], stride[1]))
-        ctx.geo = x.shape, kernel, stride, padding, out
+        ctx.geo, ctx.tiles = (x.shape, kernel, stride, padding, out), algo == "tiles"
         return _window_sum(_pad(x, padding, 0.0), kernel, stride, out).div_(kernel[0] * kernel[1])
 
     @staticmethod
     @once_differentiable
     def backward(ctx, gy):
         (b, c, m, n), (ku, kv), stride, (ph, pw), out = ctx.geo
-        if _tiled((ku, kv), stride, (ph, pw)):
+        if ctx.tiles:
             # Tiles: dY/(U*V) repeated V times along a row, then each row U times, written
             # contiguously (a broadcast copy, faster than a write through the strided window
             # view); pixels left over by M % U, N % V get zeros.
@@ -150,7 +155,7 @@ class _AvgPool(torch.autograd.Function):
             g = g.reshape(b, c, out[0] * ku, out[1] * kv)
             if g.shape[2:] != (m, n):
                 g = F.pad(g, (0, n - g.shape[3], 0, m - g.shape[2]))
-            return g, None, None, None
+            return g, None, None, None, None
         gx_pad = gy.new_empty((b, c, m + 2 * ph, n + 2 * pw))
         if stride[0] >= ku and stride[1] >= kv:
             # Windows do not overlap: one broadcast write of dY/(U*V) into all of them at once.
@@ -167,10 +172,23 @@ class _AvgPool(torch.autograd.Function):
             for u in range(ku):
                 for v in range(kv):
                     gx_pad[:, :, u:u + sh * (mo - 1) + 1:sh, v:v + sw * (no - 1) + 1:sw] += g
-        return _unpad(gx_pad, (ph, pw)), None, None, None
+        return _unpad(gx_pad, (ph, pw)), None, None, None, None
 
 
-def pool2d(x, kernel, stride, padding, mode):
-    """x [B,C,M,N] -> [B,C,M',N'], M' = (M + 2P - U) // S + 1; arguments already validated."""
-    fn = _MaxPool if mode == "max" else _AvgPool
-    return fn.apply(x, kernel, stride, padding)
+def avg_algorithms(kernel, stride, padding) -> tuple:
+    """Average pooling's applicable backward paths, the rules' choice first."""
+    return AVG_ALGORITHMS if _tiled(kernel, stride, padding) else ("views",)
+
+
+def pool2d(x, kernel, stride, padding, mode, algo=None):
+    """x [B,C,M,N] -> [B,C,M',N'], M' = (M + 2P - U) // S + 1; arguments already validated.
+
+    `algo` forces one of avg_algorithms() for average pooling; None lets the autotuner choose."""
+    if mode == "max":
+        return _MaxPool.apply(x, kernel, stride, padding)
+    algorithms = avg_algorithms(kernel, stride, padding)
+    if algo is None:
+        algo = autotune.pool_algorithm(x, kernel, stride, padding, mode, algorithms, _AvgPool.apply)
+    elif algo not in algorithms:
+        raise ValueError(f"pool2d: expected algo in {algorithms} for this shape, got {algo!r}")
+    return _AvgPool.apply(x, kernel, stride, padding, algo)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 
 from cnnlab import ops
-from cnnlab.ops import fast_conv
+from cnnlab.ops import autotune, fast_conv
 
 TOL64 = 1e-9
 TOL32 = 1e-4
@@ -149,7 +149,15 @@ def _model_shape_checks(gen, quick):
 
 
 def run_op_checks(quick: bool = False) -> list[dict]:
-    """Every operator check: [{"name", "max_abs_diff", "tolerance", "passed"}, ...]."""
+    """Every operator check: [{"name", "max_abs_diff", "tolerance", "passed"}, ...].
+
+    Every algorithm is checked by name; where the selector picks, it picks as the autotuner's
+    "cached" mode does (the cache, else the rules): checks need no timing."""
+    with autotune.using("cached"):
+        return _all_checks(quick)
+
+
+def _all_checks(quick):
     gen = torch.Generator().manual_seed(0)
     checks = _conv_checks(QUICK_CONV_CASES if quick else CONV_CASES, "fast", torch.float64,
                           TOL64, gen)
