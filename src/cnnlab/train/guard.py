@@ -11,7 +11,9 @@ The Runner calls its hooks (`runner.guard = TrainGuard(...)`):
 
 Exact resume needs the data order: `last.pt` stores, besides every RNG state at save time, the
 data generator's state at the START of the current epoch and the position within it; the resumed
-run replays that epoch's order and skips the batches already trained on.
+run replays that epoch's order and skips the batches already trained on. The augmentation
+generator of the Runner's batch transform (CIFAR-10) is stored as it is at save time (rng
+"augment"): skipped batches draw nothing from it.
 """
 
 from __future__ import annotations
@@ -123,6 +125,9 @@ class TrainGuard:
         if self.generator is not None:
             # At an epoch boundary the generator already stands at the next epoch's start.
             rng["data"] = self.generator.get_state() if epoch_step == 0 else self.epoch_data_state
+        transform = getattr(runner, "batch_transform", None)
+        if transform is not None and transform.get_state() is not None:
+            rng["augment"] = transform.get_state()
         return {"resumable": True, "rng": rng, "epoch_step": epoch_step,
                 "steps_per_epoch": steps_per_epoch,
                 "skipped_steps": list(self.skipped_steps)}
