@@ -117,7 +117,7 @@ def measure_matmul(n: int = 2048, seconds: float = 1.0, clock=time.perf_counter)
     return {"n": n, "runs": runs, "flops_per_s": 2 * n ** 3 / best, "threads": torch.get_num_threads()}
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} exists and is not a folder")
     try:
@@ -127,7 +127,8 @@ def _check_out(out: Path) -> None:
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} is not a writable folder")
     foreign = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
-    if (out / "run.json").exists() and _command_of(out / "run.json") != "cnnlab reproduce":
+    if (out / "run.json").exists() and not str(_command_of(out / "run.json")).startswith(
+            "cnnlab reproduce"):
         foreign.append("run.json")
     if foreign:
         raise UserError(f"{out} holds a `cnnlab train` run ({', '.join(foreign)}), not the output "
@@ -152,7 +153,7 @@ def reproduce(options: ReproduceOptions) -> dict:
     from cnnlab.train.runner import resolve_device
 
     resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
-    _check_out(options.out)
+    check_out(options.out)
     with DirectoryLock(options.out):  # one reproduce at a time in a folder
         return _run_phases(options)
 
