@@ -67,14 +67,14 @@ class TimeEstimate:
             return
         self.done += 1
         if self.start is None:           # the first step: warm-up, not timed
-            self.start = self._now()
+            self.start = self._now(sync=True)
             return
-        elapsed = self._now() - self.start
         timed = self.done - 1
-        if elapsed < MEASURE_S and timed < MEASURE_STEPS and self.done < self.steps:
+        if (self._now() - self.start < MEASURE_S and timed < MEASURE_STEPS
+                and self.done < self.steps):
             return
         self.finished = True
-        per_step = elapsed / timed
+        per_step = (self._now(sync=True) - self.start) / timed
         per_image = per_step / self.batch
         total = (self.steps * per_step + self.evaluated * self.eval_cost * per_image)
         if total > LONG_S:
@@ -85,8 +85,10 @@ class TimeEstimate:
                      f"{self.batch / per_step:,.0f} img/s, and {self.evaluated:,} images to "
                      f"evaluate); Ctrl-C stops and saves a resumable checkpoint{hint}")
 
-    def _now(self) -> float:
-        if self.device.type == "cuda":  # the queued work must be done to be timed
+    def _now(self, sync: bool = False) -> float:
+        """The clock; with `sync`, after the GPU's queued work is done (twice per run only: a
+        synchronisation every step would stall the queue)."""
+        if sync and self.device.type == "cuda":
             import torch
 
             torch.cuda.synchronize(self.device)
