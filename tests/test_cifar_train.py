@@ -122,6 +122,9 @@ def test_an_augmented_one_cycle_run_resumes_bit_for_bit(cifar, tmp_path, capsys,
         last = load_checkpoint(tmp_path / "B" / "last.pt")
         assert last["step"] == 5 and last["rng"]["augment"].dtype == torch.uint8
         monkeypatch.setattr(Runner, "_train_step", step)
+        # the one-cycle schedule is laid out for 2 epochs: it cannot be stretched on resume
+        code, _, err = cli(capsys, "train", "--resume", tmp_path / "B", "--epochs", "3")
+        _one_line(code, err, "one-cycle", "--epochs 2")
         assert cli(capsys, "train", "--resume", tmp_path / "B", "--quiet")[0] == 0
     assert_same_run(tmp_path / "A", tmp_path / "B")
     config = load_json_strict(tmp_path / "B" / "run.json")["config"]

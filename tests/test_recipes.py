@@ -284,3 +284,45 @@ def test_fast_ops_are_device_agnostic():
             model(x).sum().backward()
             assert model.conv1.weight.grad.device.type == "meta"
 
+
+
+def test_a_long_run_prints_its_estimated_time_first(monkeypatch):
+    from cnnlab.train import progress
+
+    now = [0.0]
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: now[0])
+
+    def run(estimate, seconds_per_step):
+        for step in range(30):
+            now[0] = seconds_per_step * step   # the clock at the end of `step`
+            estimate.after_step()
+
+    lines = []
+    run(progress.TimeEstimate(1000, 64, 20_000, torch.device("cpu"), lines.append), 0.5)
+    # step 0 is warm-up; steps 1-4 timed (2 s): 0.5 s a step; 1000 x 0.5 s for the steps and
+    # 20,000 evaluated images at a third of 0.5 / 64 s each: 552 s
+    assert len(lines) == 1 and "about 9.2 min on cpu" in lines[0], lines
+    assert "(1,000 steps at 0.5 s, 128 img/s" in lines[0] and "--subset N" in lines[0]
+    short = []
+    run(progress.TimeEstimate(100, 64, 0, torch.device("cpu"), short.append), 0.01)
+    assert short == []  # 1 s in all: nothing to say
+
+
+def test_the_progress_bar_shows_images_per_second():
+    from types import SimpleNamespace
+
+    from cnnlab.train.progress import images_per_second_column
+
+    column = images_per_second_column()
+    task = SimpleNamespace(finished_speed=None, speed=2.5, fields={"batch": 512})
+    assert column.render(task).plain == "1,280 img/s"
+    assert column.render(SimpleNamespace(finished_speed=None, speed=None, fields={})).plain == \
+        "– img/s"
+
+
+def test_compile_compiles_the_models_forward_in_place(monkeypatch):
+    compiled = []
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, *a, **k: compiled.append(self))
+    model = torch.nn.Linear(3, 10)
+    _runner(model, resolved(recipe="fast", device="cpu", epochs=1, compile=True))
+    assert compiled == [model]

@@ -81,6 +81,7 @@ def add_data_arguments(p, split_default="lab", data_default="bundled"):
 
 def config_from_args(args, init_kwargs: dict | None = None) -> TrainConfig:
     """The TrainConfig the options ask for; `init_kwargs`: model kwargs the --init file needs."""
+    train_recipe.merge_ops(args)
     kwargs = {**(init_kwargs or {}), **({"conv_impl": args.conv_impl} if args.conv_impl else {})}
     layout = getattr(args, "init_layout", "auto")
     return TrainConfig(model=args.model, data=args.data, split=args.split, epochs=args.epochs,
@@ -117,7 +118,6 @@ def run(args) -> int:
 
     # Resolved and checked before any work; --resume takes the stored run's settings.
     train_recipe.fill_model(args)
-    train_recipe.merge_ops(args)
     init_state, init_kwargs = read_init(args)
     cfg, resume = train_safety.prepare(args, config_from_args(args, init_kwargs))
     results = train_safety.call(train_run, cfg, resume, args, init_state)
