@@ -26,40 +26,28 @@ from cnnlab.errors import UserError
 from cnnlab.data.mnist import preprocess
 
 
-def load_image(path, mode: str = "L") -> Image.Image:
-    """Open an image file as a PIL image of `mode` (grey "L" or "RGB"), transparent areas on
-    white; unreadable files raise a one-line UserError."""
+def load_image(path) -> Image.Image:
+    """Open an image file as a grey PIL image; unreadable files raise a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
-                # Composite onto white so transparent areas do not turn black.
-                img = img.convert("RGBA")
-                back = Image.new("RGBA", img.size, (255, 255, 255, 255))
-                img = Image.alpha_composite(back, img)
-            return img.convert(mode)
+            return flatten_alpha(img).convert("L")
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP, GIF or "
                         "other image file Pillow can open") from err
 
 
-def load_rgb_image(path) -> Image.Image:
-    """An image file as an RGB PIL image (for a CIFAR-10 model)."""
-    return load_image(path, mode="RGB")
-
-
-def prepare_rgb_image(img: Image.Image, size: int = 32) -> torch.Tensor:
-    """RGB PIL image -> uint8 [3, size, size] (R, G, B planes) like a CIFAR-10 image: the largest
-    centred square, resized with bicubic filtering."""
-    width, height = img.size
-    side = min(width, height)
-    left, top = (width - side) // 2, (height - side) // 2
-    square = img.convert("RGB").crop((left, top, left + side, top + side))
-    pixels = np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
-    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # [H,W,3] -> [3,H,W]
+def flatten_alpha(img: Image.Image) -> Image.Image:
+    """An image with transparency composited onto white (so transparent areas do not turn black);
+    other images are returned as they are."""
+    if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+        img = img.convert("RGBA")
+        back = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(back, img)
+    return img
 
 
 def prepare_image(img: Image.Image, invert="auto"):
@@ -76,3 +64,29 @@ def prepare_image(img: Image.Image, invert="auto"):
 def image_batch(paths, invert="auto") -> torch.Tensor:
     """Several image files -> float32 [N,1,32,32] ready for a model trained on the lab's data."""
     return torch.cat([prepare_image(load_image(p), invert)[1] for p in paths])
+
+
+def load_rgb_image(path) -> Image.Image:
+    """Open an image file as an RGB PIL image (for a CIFAR-10 model), transparent areas on
+    white; unreadable files raise a one-line UserError, as `load_image`."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as img:
+            img.load()
+            return flatten_alpha(img).convert("RGB")
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise UserError(f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP, GIF or "
+                        "other image file Pillow can open") from err
+
+
+def prepare_rgb_image(img: Image.Image, size: int = 32) -> torch.Tensor:
+    """RGB PIL image -> uint8 [3, size, size] (R, G, B planes) like a CIFAR-10 image: the largest
+    centred square, resized with bicubic filtering."""
+    width, height = img.size
+    side = min(width, height)
+    left, top = (width - side) // 2, (height - side) // 2
+    square = img.convert("RGB").crop((left, top, left + side, top + side))
+    pixels = np.asarray(square.resize((size, size), Image.Resampling.BICUBIC), dtype=np.uint8)
+    return torch.from_numpy(pixels.copy()).permute(2, 0, 1).contiguous()  # [H,W,3] -> [3,H,W]
