@@ -21,8 +21,7 @@ accuracies mean nothing.
 from __future__ import annotations
 
 import time
-import traceback
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from cnnlab.atomic import DirectoryLock, write_json, write_text
@@ -51,22 +50,6 @@ class Part2Options:
         if not self.data or not str(self.data).startswith("cifar10:"):
             raise UserError("--part 2 trains on CIFAR-10: give --data cifar10:PATH (get it with "
                             "`cnnlab data fetch cifar10`)")
-
-
-@dataclass
-class Context:
-    options: Part2Options
-    console: object
-    results: dict = field(default_factory=dict)
-    data: object = None
-
-    @property
-    def out(self) -> Path:
-        return self.options.out
-
-    def say(self, text: str) -> None:
-        if not self.options.quiet:
-            self.console.print(text, highlight=False)
 
 
 # ----------------------------------------------------------------------------- phases
@@ -191,26 +174,11 @@ def _run_phases(options: Part2Options, loaded) -> dict:
     from rich.console import Console
 
     from cnnlab.report.part2_markdown import render_report
-    from cnnlab.report.reproduce import environment
+    from cnnlab.report.reproduce import Context, environment, run_phases
 
     started = time.perf_counter()
     ctx = Context(options, Console(quiet=options.quiet), data=loaded)
-    timings = []
-    for i, (key, title, fn) in enumerate(PHASES, start=1):
-        ctx.say(f"[bold cyan]>[/] [{i}/{len(PHASES)}] {title}")
-        t = time.perf_counter()
-        try:
-            ctx.results[key] = fn(ctx)
-            status = "ok"
-        except Exception as err:  # one broken phase must not lose the others' results
-            ctx.results[key] = {"error": f"{type(err).__name__}: {err}",
-                                "traceback": traceback.format_exc(limit=6)}
-            status = "failed"
-            ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
-        dt = time.perf_counter() - t
-        timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
-                        "peak_rss_bytes": peak_rss_bytes()})
-        ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
+    timings = run_phases(ctx, PHASES)
     results = {"format": "cnnlab.reproduce.part2", "version": 1,
                "options": {**asdict(options), "out": str(options.out)},
                "phases": ctx.results, "timings": timings,

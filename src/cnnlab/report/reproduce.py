@@ -57,6 +57,9 @@ class ReproduceOptions:
 
 @dataclass
 class Context:
+    """What every phase gets: the options (ReproduceOptions, or part2.Part2Options), the console,
+    the results so far and the data loaded once."""
+
     options: ReproduceOptions
     console: object
     results: dict = field(default_factory=dict)
@@ -162,22 +165,7 @@ def _run_phases(options: ReproduceOptions) -> dict:
     started = time.perf_counter()
     after_imports = peak_rss_bytes()  # torch + torchvision loaded by this module's imports
     ctx = Context(options, _console(options.quiet))
-    timings = []
-    for i, (key, title, fn) in enumerate(PHASES, start=1):
-        ctx.say(f"[bold cyan]>[/] [{i}/{len(PHASES)}] {title}")
-        t = time.perf_counter()
-        try:
-            ctx.results[key] = fn(ctx)
-            status = "ok"
-        except Exception as err:  # one broken phase must not lose the others' results
-            ctx.results[key] = {"error": f"{type(err).__name__}: {err}",
-                                "traceback": traceback.format_exc(limit=6)}
-            status = "failed"
-            ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
-        dt = time.perf_counter() - t
-        timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
-                        "peak_rss_bytes": peak_rss_bytes()})
-        ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
+    timings = run_phases(ctx, PHASES)
     total = time.perf_counter() - started
     results = {
         "format": "cnnlab.reproduce", "version": 1,
@@ -200,6 +188,28 @@ def _run_phases(options: ReproduceOptions) -> dict:
         ctx.console.print(_summary_table(results))
     ctx.say(f"[bold]report[/]: {options.out / 'report.md'}  ({total:.1f} s)")
     return results
+
+
+def run_phases(ctx, phases) -> list[dict]:
+    """Run each (key, title, fn) in order, fn(ctx) -> its result in ctx.results[key], timed;
+    a phase that raises is recorded as failed and the others still run -> the timings."""
+    timings = []
+    for i, (key, title, fn) in enumerate(phases, start=1):
+        ctx.say(f"[bold cyan]>[/] [{i}/{len(phases)}] {title}")
+        t = time.perf_counter()
+        try:
+            ctx.results[key] = fn(ctx)
+            status = "ok"
+        except Exception as err:  # one broken phase must not lose the others' results
+            ctx.results[key] = {"error": f"{type(err).__name__}: {err}",
+                                "traceback": traceback.format_exc(limit=6)}
+            status = "failed"
+            ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
+        dt = time.perf_counter() - t
+        timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
+                        "peak_rss_bytes": peak_rss_bytes()})
+        ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
+    return timings
 
 
 def _summary_table(results):
