@@ -107,6 +107,7 @@ def run_evaluate(args) -> int:
     from cnnlab.train.recipes import configure_evaluation
     from cnnlab.train.runner import Runner
 
+    _batch_size(args, {})  # a bad --batch-size fails before any work
     model, payload = load_checkpoint_model(args.checkpoint, args.model, args.device, args.layout)
     config = payload.get("config") or {}
     batch_size = _batch_size(args, config)
