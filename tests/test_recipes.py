@@ -299,13 +299,16 @@ def test_a_long_run_prints_its_estimated_time_first(monkeypatch):
 
     lines = []
     run(progress.TimeEstimate(1000, 64, 20_000, torch.device("cpu"), lines.append), 0.5)
-    # step 0 is warm-up; steps 1-4 timed (2 s): 0.5 s a step; 1000 x 0.5 s for the steps and
+    # step 0 is warm-up; steps 1-10 timed (5 s): 0.5 s a step; 1000 x 0.5 s for the steps and
     # 20,000 evaluated images at a third of 0.5 / 64 s each: 552 s
     assert len(lines) == 1 and "about 9.2 min on cpu" in lines[0], lines
     assert "(1,000 steps at 0.5 s, 128 img/s" in lines[0] and "--subset N" in lines[0]
     short = []
     run(progress.TimeEstimate(100, 64, 0, torch.device("cpu"), short.append), 0.01)
     assert short == []  # 1 s in all: nothing to say
+    slow = []  # a step of 30 s: measured on one step (15 s at most), not ten
+    run(progress.TimeEstimate(50, 512, 0, torch.device("cpu"), slow.append), 30.0)
+    assert len(slow) == 1 and "(50 steps at 30 s" in slow[0]
 
 
 def test_the_progress_bar_shows_images_per_second():

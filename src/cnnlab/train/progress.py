@@ -14,8 +14,9 @@ from __future__ import annotations
 import time
 
 LONG_S = 120.0       # runs estimated longer than this get the estimate printed
-MEASURE_S = 2.0      # time steps until this long has passed ...
-MEASURE_STEPS = 20   # ... or this many steps are timed
+# Steps are timed until MIN_STEPS of them and MIN_S have passed (a few slow first steps, e.g.
+# while the OS flushes a freshly written data set, would mislead), or MAX_S at most.
+MIN_STEPS, MIN_S, MAX_S = 10, 2.0, 15.0
 EVAL_COST = 1 / 3    # an evaluated image costs about a third of a trained one (forward only)
 
 
@@ -70,8 +71,9 @@ class TimeEstimate:
             self.start = self._now(sync=True)
             return
         timed = self.done - 1
-        if (self._now() - self.start < MEASURE_S and timed < MEASURE_STEPS
-                and self.done < self.steps):
+        elapsed = self._now() - self.start
+        enough = (timed >= MIN_STEPS and elapsed >= MIN_S) or elapsed >= MAX_S
+        if not enough and self.done < self.steps:
             return
         self.finished = True
         per_step = (self._now(sync=True) - self.start) / timed
