@@ -19,6 +19,7 @@ generator of the Runner's batch transform (CIFAR-10) is stored as it is at save 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -110,11 +111,14 @@ class TrainGuard:
         """Write the resumable `last.pt` (atomic); refuse if any weight is not finite."""
         if self.last_path is None:
             return None
+        start = time.perf_counter()
         check_finite_weights(runner.model, runner.global_step)
         payload = runner._checkpoint_payload(full=True)
         payload.update(self.resume_state(runner))
         save_checkpoint(self.last_path, payload)
         self.last_saved_step = runner.global_step
+        if hasattr(runner, "timings"):  # saving is not training: img/s leave it out
+            runner.timings["save_s"] += time.perf_counter() - start
         return self.last_path
 
     def resume_state(self, runner) -> dict:

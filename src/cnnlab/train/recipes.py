@@ -124,6 +124,9 @@ def configure_runner(runner, cfg, images, steps_per_epoch: int) -> None:
     if cfg.channels_last:
         runner.model.to(memory_format=torch.channels_last)
     runner.precision = Precision(cfg.amp, runner.device)
+    if runner.device.type == "cuda" and not cfg.deterministic and needs_scaling:
+        # cuDNN times its convolution algorithms once per shape and keeps the fastest
+        torch.backends.cudnn.benchmark = True
     if cfg.label_smoothing:
         runner.eval_loss_fn = runner.loss_fn
         runner.loss_fn = functools.partial(F.cross_entropy, label_smoothing=cfg.label_smoothing)

@@ -144,7 +144,7 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
     first_step = int(resume["step"]) if resume is not None else 0
     best_path = out / "best.pt"
     safe_train(runner, cfg, out, data, train_loader, dev_loader, resume=resume, save_path=best_path)
-    phases["train_s"] = time.perf_counter() - t  # includes dev evaluations and best.pt saves
+    phases["train_s"] = time.perf_counter() - t  # includes dev evaluations and checkpoint saves
     phases["train_eval_s"] = runner.timings["eval_s"]
     phases["train_save_s"] = runner.timings["save_s"]
 

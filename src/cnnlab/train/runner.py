@@ -70,7 +70,8 @@ class Runner:
         self.config = dict(config or {})
         self.run_id = run_id or new_run_id()
         self._bar = None
-        self.timings = {"eval_s": 0.0, "save_s": 0.0}  # wall time spent evaluating / saving
+        # wall time spent evaluating / saving best.pt and (by the guard) last.pt
+        self.timings = {"eval_s": 0.0, "save_s": 0.0}
         self.guard = None  # optional cnnlab.train.guard.TrainGuard: last.pt, signals, NaN losses
         self.batch_transform = None      # callable(x, train) -> model input, on the device
         self.precision = Precision()     # float32: loss.backward(), optimizer.step()
