@@ -329,3 +329,21 @@ def test_compile_compiles_the_models_forward_in_place(monkeypatch):
     model = torch.nn.Linear(3, 10)
     _runner(model, resolved(recipe="fast", device="cpu", epochs=1, compile=True))
     assert compiled == [model]
+
+
+def test_each_recipe_starts_from_its_initialisation(tmp_path):
+    """lab: Paddle's defaults (conv weights N(0, 2/fan_in), linear bias 0); fast: torchvision's
+    (conv weights N(0, 2/fan_out)): the stems' stds tell them apart."""
+    from cnnlab.data.synthetic import write_cifar10
+    from cnnlab.train.run import build_run
+
+    write_cifar10(tmp_path, per_batch=10)
+    data = f"cifar10:{tmp_path}"
+    lab, *_ = build_run(TrainConfig(data=data, recipe="lab", quiet=True).resolved())
+    fast, *_ = build_run(TrainConfig(data=data, recipe="fast", device="cpu", quiet=True).resolved())
+    lab_std = float(lab.model.conv1.weight.detach().std())    # 7x7, 3 -> 64: fan_in 147
+    fast_std = float(fast.model.conv1.weight.detach().std())  # 3x3, 3 -> 64: fan_out 576
+    assert lab_std == pytest.approx((2 / 147) ** 0.5, rel=0.1)
+    assert fast_std == pytest.approx((2 / 576) ** 0.5, rel=0.1)
+    assert torch.equal(lab.model.fc.bias, torch.zeros(10))
+    assert lab.model.bn1.weight.eq(1).all() and fast.model.bn1.bias.eq(0).all()
