@@ -41,7 +41,8 @@ def register(sub):
                    help="mini-batch size (default 64, or the recipe's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the lab's for MODEL)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
-                   help="optimizer (default sgd; adam for resnet18-cifar)")
+                   help="optimizer (default sgd; adam for the part-2 models and the lab "
+                        "recipe, sgd with Nesterov momentum for the fast recipe)")
     p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 100, the lab's)")
     p.add_argument("--log-steps", type=int, default=None,

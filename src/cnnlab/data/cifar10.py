@@ -127,8 +127,7 @@ def load_cifar10(source, split: str = "lab") -> CifarData:
     Raises UserError naming the file and the fault for anything missing, damaged or unsafe."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    text = str(source)
-    path = Path(text[len("cifar10:"):] if text.startswith("cifar10:") else text).expanduser()
+    path = source_path(source)
     kind, where = locate(path)
     if kind == "folder":
         key = tuple(file_key(where / name) for name in FILES)
@@ -141,9 +140,7 @@ def load_cifar10(source, split: str = "lab") -> CifarData:
 def read_class_names(source) -> tuple:
     """The 10 class names in batches.meta of a CIFAR-10 source (only that file is read, or the
     archive scanned for it) -> ('airplane', ..., 'truck'); UserError if it cannot be read."""
-    text = str(source)
-    path = Path(text[len("cifar10:"):] if text.startswith("cifar10:") else text).expanduser()
-    kind, where = locate(path)
+    kind, where = locate(source_path(source))
     if kind == "folder":
         meta = where / META_FILE
         try:
@@ -153,6 +150,12 @@ def read_class_names(source) -> tuple:
         return read_meta(data, meta)[0]
     return read_meta(_read_archive(where, (META_FILE,), early=True)[META_FILE],
                      f"{where}:{FOLDER}/{META_FILE}")[0]
+
+
+def source_path(source) -> Path:
+    """"cifar10:PATH", a str or a Path -> the Path."""
+    text = str(source)
+    return Path(text[len("cifar10:"):] if text.startswith("cifar10:") else text).expanduser()
 
 
 def locate(path: Path) -> tuple[str, Path]:
