@@ -6,7 +6,7 @@ STAMP   := $(VENV)/.installed
 # torch is served from this machine's disk; plain pip, no uv/poetry.
 TORCH   := torch==2.14.1 torchvision==0.29.1
 
-.PHONY: test reproduce bench venv clean
+.PHONY: test reproduce bench bench-gpu venv clean
 
 venv: $(STAMP)
 
@@ -27,6 +27,12 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/ops.py
 	$(BIN)/python benchmarks/models.py
 	$(BIN)/python benchmarks/limits.py
+	$(BIN)/python benchmarks/cifar_load.py
+	$(BIN)/python benchmarks/cifar.py --quick --clock cpu
+
+# Every GPU measurement in one run (under 10 minutes); fails at once without a GPU.
+bench-gpu: $(STAMP)
+	$(BIN)/python benchmarks/gpu.py
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info src/*.egg-info

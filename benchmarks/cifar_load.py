@@ -3,7 +3,7 @@
     python benchmarks/cifar_load.py [--per-batch 10000] [--reps 5] [--data DIR] [--json]
 
 Writes a synthetic CIFAR-10 of the official sizes (5 x 10,000 training + 10,000 test images,
-Python 2 cPickle files, see tests/cifar_helpers.py) and its .tar.gz to a temp folder, unless
+Python 2 cPickle files, see cnnlab.data.synthetic) and its .tar.gz to a temp folder, unless
 --data names a folder holding cifar-10-batches-py/ (the real one). Then times, with the loader's
 cache cleared before each load:
 - A: torchvision's way, unchecked: `pickle.load(f, encoding="latin1")` of each file (no
@@ -29,12 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # the synthetic writer lives with the tests
-
-from cifar_helpers import ARCHIVE, FOLDER, write_cifar10  # noqa: E402
-from cnnlab.data import cifar10  # noqa: E402
-from cnnlab.runinfo import cpu_model  # noqa: E402
+from cnnlab.data import cifar10
+from cnnlab.data.synthetic import ARCHIVE, FOLDER, write_cifar10
+from cnnlab.runinfo import cpu_model
 
 
 def torchvision_way(folder: Path):

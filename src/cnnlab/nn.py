@@ -45,7 +45,19 @@ class Conv2D(nn.Module):
             nn.init.uniform_(self.bias, -bound, bound)
 
     def forward(self, x):
-        return ops.conv2d(x, self.weight, self.bias, self.stride, self.padding, impl=self.impl)
+        weight, bias = self.weight, self.bias
+        device = x.device.type
+        if (self.impl != "native" and torch.amp.is_autocast_available(device)
+                and torch.is_autocast_enabled(device)):
+            # What autocast does for torch's conv: input, weight and bias in the low precision
+            # (the float32 weights get their gradient through the cast). Our ops are autograd
+            # Functions autocast does not know: they run with autocast off, in that dtype.
+            dtype = torch.get_autocast_dtype(device)
+            x, weight = x.to(dtype), weight.to(dtype)
+            bias = bias.to(dtype) if bias is not None else None
+            with torch.autocast(device, enabled=False):
+                return ops.conv2d(x, weight, bias, self.stride, self.padding, impl=self.impl)
+        return ops.conv2d(x, weight, bias, self.stride, self.padding, impl=self.impl)
 
     def extra_repr(self):
         return (f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "

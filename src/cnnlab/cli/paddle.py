@@ -35,7 +35,7 @@ def register(sub):
     p.add_argument("--model", required=True, metavar="MODEL",
                    help="cnnlab model to load it into (Model_LeNet -> lenet, Paddle_LeNet -> "
                    "lenet-native, Model_ResNet18 -> resnet18 or resnet18-plain, "
-                   "paddle.vision resnet18 -> resnet18)")
+                   "paddle.vision resnet18 -> resnet18-vision)")
     add_layout_argument(p)
     p.add_argument("--in-channels", type=int, default=None,
                    help="input channels (default: read from the stem conv weight)")

@@ -1,4 +1,5 @@
-"""`cnnlab reproduce`: re-run all of part 1 of the lab and write a report (cnnlab.report)."""
+"""`cnnlab reproduce`: re-run all of part 1 of the lab (or, with --part 2, part 2 on CIFAR-10)
+and write a report (cnnlab.report)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,14 @@ def register(sub):
             "with --seeds > 1)."
         ),
     )
-    p.add_argument("--out", metavar="DIR", default="runs/reproduce",
-                   help="output folder (default: runs/reproduce)")
+    p.add_argument("--part", type=int, choices=(1, 2), default=1,
+                   help="1: part 1 on MNIST (default); 2: part 2, ResNet18 on CIFAR-10 with the "
+                        "lab recipe and the fast recipe, DIR/lab/ and DIR/fast/, confusion "
+                        "matrices, test images (needs --data cifar10:PATH)")
+    p.add_argument("--data", metavar="SOURCE", default=None,
+                   help="--part 2: cifar10:PATH (get it with `cnnlab data fetch cifar10`)")
+    p.add_argument("--out", metavar="DIR", default=None,
+                   help="output folder (default: runs/reproduce, or runs/reproduce-part2)")
     p.add_argument("--seeds", metavar="N", type=int, default=1,
                    help="train each model with N seeds (100, 101, ...) and report mean ± std, so "
                         "the lab's 'residual beats plain' is tested (default 1)")
@@ -34,10 +41,29 @@ def register(sub):
 
 
 def run(args) -> int:
+    from cnnlab.errors import UserError
+
+    if args.part == 2:
+        return run_part2(args)
+    if args.data is not None:
+        raise UserError("--data is for --part 2 (part 1 uses the bundled MNIST lab split)")
     from cnnlab.report.reproduce import ReproduceOptions, reproduce
 
-    options = ReproduceOptions(out=Path(args.out), seeds=args.seeds, quick=args.quick,
-                               device=args.device, quiet=args.quiet)
+    options = ReproduceOptions(out=Path(args.out or "runs/reproduce"), seeds=args.seeds,
+                               quick=args.quick, device=args.device, quiet=args.quiet)
     results = reproduce(options)
+    failed = [t["key"] for t in results["timings"] if t["status"] != "ok"]
+    return 1 if failed else 0
+
+
+def run_part2(args) -> int:
+    from cnnlab.errors import UserError
+    from cnnlab.report.part2 import Part2Options, reproduce_part2
+
+    if args.seeds != 1:
+        raise UserError("--seeds is for part 1; --part 2 trains each recipe once")
+    options = Part2Options(out=Path(args.out or "runs/reproduce-part2"), data=args.data,
+                           quick=args.quick, device=args.device, quiet=args.quiet)
+    results = reproduce_part2(options)
     failed = [t["key"] for t in results["timings"] if t["status"] != "ok"]
     return 1 if failed else 0

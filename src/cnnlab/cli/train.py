@@ -1,10 +1,11 @@
-"""`cnnlab train MODEL`: train one of the lab's models on MNIST into a run directory."""
+"""`cnnlab train MODEL`: train one of the lab's models on MNIST (part 1) or CIFAR-10 (part 2, with
+a recipe: cli/train_recipe.py) into a run directory."""
 
 from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli import train_safety
+from cnnlab.cli import train_recipe, train_safety
 from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.train.config import LAB_DEFAULTS, TrainConfig
@@ -23,25 +24,32 @@ run's id. DIR defaults to runs/MODEL. A DIR that holds another run is refused un
 
 def register(sub):
     lrs = ", ".join(f"{m} {d['lr']}" for m, d in LAB_DEFAULTS.items())
-    p = sub.add_parser("train", help="train a model on MNIST with the lab's settings",
-                       description="Train one of the lab's models on MNIST and test its best "
-                                   "checkpoint.",
-                       epilog=EPILOG.format(lrs=lrs) + "\n" + train_safety.RESUME_HELP,
+    p = sub.add_parser("train", help="train a model on MNIST or CIFAR-10 with the lab's settings",
+                       description="Train one of the lab's models on MNIST (part 1) or CIFAR-10 "
+                                   "(part 2) and test its best checkpoint.",
+                       epilog=(EPILOG.format(lrs=lrs) + "\n" + train_recipe.epilog() + "\n"
+                               + train_safety.RESUME_HELP),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("model", metavar="MODEL",
+    p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="lenet (custom operators), lenet-native, resnet18-plain, resnet18, "
-                        "resnet18-vision, resnet18-cifar")
+                        "resnet18-vision, resnet18-cifar (with --recipe: the recipe's model "
+                        "when left out)")
     add_data_arguments(p, split_default="lab")
-    p.add_argument("--epochs", type=int, default=5, help="number of epochs (default 5)")
-    p.add_argument("--batch-size", type=int, default=64, help="mini-batch size (default 64)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="number of epochs (default 5; a recipe's; with --resume: the run's)")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="mini-batch size (default 64, or the recipe's)")
     p.add_argument("--lr", type=float, default=None, help="learning rate (default: the lab's for MODEL)")
     p.add_argument("--optimizer", choices=("sgd", "adam"), default=None,
-                   help="optimizer (default sgd; adam for resnet18-cifar)")
+                   help="optimizer (default sgd; adam for the part-2 models and the lab "
+                        "recipe, sgd with Nesterov momentum for the fast recipe)")
     p.add_argument("--weight-decay", type=float, default=None, help="L2 weight decay (default 0)")
-    p.add_argument("--seed", type=int, default=100, help="random seed (default 100, the lab's)")
-    p.add_argument("--log-steps", type=int, default=15, help="log the loss every N steps (default 15)")
-    p.add_argument("--eval-steps", type=int, default=15,
-                   help="evaluate on the dev set every N steps and at the end (default 15)")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 100, the lab's)")
+    p.add_argument("--log-steps", type=int, default=None,
+                   help="log the loss every N steps (default 15, or the recipe's)")
+    p.add_argument("--eval-steps", type=int, default=None,
+                   help="evaluate on the dev set every N steps and at the end (default 15, or "
+                        "the recipe's)")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu or cuda")
     p.add_argument("--threads", type=int, default=None, metavar="N",
                    help="CPU threads for torch (default: torch's, one per core); 1 is faster on "
@@ -49,16 +57,17 @@ def register(sub):
     p.add_argument("--conv-impl", choices=("fast", "reference", "native"), default=None,
                    help="operator implementation of the model's conv/pool layers "
                         "(default: the model's own, 'fast' for lenet)")
-    p.add_argument("--weight-init", choices=("lab", "torch"), default="lab",
+    p.add_argument("--weight-init", choices=("lab", "torch"), default=None,
                    help="initial weights: lab = as Paddle initialises the lab's layers (Xavier for "
                         "LeNet; fan-in normal convs, Xavier linears for the others), torch = "
-                        "PyTorch's defaults (default lab)")
+                        "PyTorch's defaults (default lab; the fast recipe: torch)")
     p.add_argument("--init", metavar="CKPT_OR_PDPARAMS", default=None,
                    help="start from these weights: a cnnlab checkpoint or the lab's Paddle "
                         ".pdparams file (loaded strictly; optimizer and step start afresh)")
     add_layout_argument(p, dest="init_layout", flag="--init-layout")
     p.add_argument("--out", metavar="DIR", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
+    train_recipe.add_arguments(p)  # --recipe, --subset, --ops, --amp, --compile, --tta, ...
     train_safety.add_arguments(p)  # --resume, --workers, --deterministic, --skip-nonfinite
     p.set_defaults(func=run)
 
@@ -73,6 +82,7 @@ def add_data_arguments(p, split_default="lab", data_default="bundled"):
 
 def config_from_args(args, init_kwargs: dict | None = None) -> TrainConfig:
     """The TrainConfig the options ask for; `init_kwargs`: model kwargs the --init file needs."""
+    train_recipe.merge_ops(args)
     kwargs = {**(init_kwargs or {}), **({"conv_impl": args.conv_impl} if args.conv_impl else {})}
     layout = getattr(args, "init_layout", "auto")
     return TrainConfig(model=args.model, data=args.data, split=args.split, epochs=args.epochs,
@@ -80,9 +90,9 @@ def config_from_args(args, init_kwargs: dict | None = None) -> TrainConfig:
                        weight_decay=args.weight_decay, seed=args.seed, log_steps=args.log_steps,
                        eval_steps=args.eval_steps, device=args.device, out=args.out,
                        quiet=args.quiet, model_kwargs=kwargs, init=getattr(args, "init", None),
-                       weight_init=getattr(args, "weight_init", "lab"),
                        threads=getattr(args, "threads", None),
-                       init_layout=None if layout == "auto" else layout)
+                       init_layout=None if layout == "auto" else layout,
+                       **train_recipe.config_fields(args))
 
 
 def read_init(args) -> tuple[dict | None, dict]:
@@ -108,6 +118,7 @@ def run(args) -> int:
     from cnnlab.train.run import train_run
 
     # Resolved and checked before any work; --resume takes the stored run's settings.
+    train_recipe.fill_model(args)
     init_state, init_kwargs = read_init(args)
     cfg, resume = train_safety.prepare(args, config_from_args(args, init_kwargs))
     results = train_safety.call(train_run, cfg, resume, args, init_state)

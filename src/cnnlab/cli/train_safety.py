@@ -12,13 +12,15 @@ import dataclasses
 import sys
 from pathlib import Path
 
+from cnnlab.cli import train_recipe
 from cnnlab.errors import UserError
 
 # command-line dest -> TrainConfig field, for the settings a resumed run may not change
 _SETTINGS = {"data": "data", "split": "split", "batch_size": "batch_size", "lr": "lr",
              "optimizer": "optimizer", "weight_decay": "weight_decay", "seed": "seed",
              "log_steps": "log_steps", "eval_steps": "eval_steps", "out": "out",
-             "deterministic": "deterministic", "skip_nonfinite": "skip_nonfinite"}
+             "deterministic": "deterministic", "skip_nonfinite": "skip_nonfinite",
+             **train_recipe.SETTINGS}
 
 RESUME_HELP = """\
 Interrupting: Ctrl-C or SIGTERM finishes the current step, saves DIR/last.pt and prints the
@@ -55,8 +57,12 @@ def prepare(args, cfg):
     from cnnlab.train.resume import load_resume, resumed_config
     from cnnlab.train.validate import check_int
 
-    check_int("--epochs", args.epochs, 0)
-    check_int("--batch-size", args.batch_size, 1)
+    if args.epochs is not None:
+        check_int("--epochs", args.epochs, 0)
+    if args.batch_size is not None:
+        check_int("--batch-size", args.batch_size, 1)
+    if getattr(args, "subset", None) is not None:
+        check_int("--subset", args.subset, 1)
     runtime = {"device": args.device, "quiet": args.quiet}
     if args.workers is not None:
         check_int("--workers", args.workers, 0)

@@ -1,7 +1,7 @@
 """Data for the lab: MNIST from three sources, preprocessed once (`load_mnist`); CIFAR-10 from
 the official python batches as uint8 tensors (`load_cifar10`, `normalize`, `fetch_cifar10`);
 `load_data(source)` for either; batches from cached tensors (`TensorLoader`); user image files
-for prediction (`load_image`).
+for prediction (`load_image`, `load_rgb_image`); `subset(data, n)` for a quick look.
 
 Names are imported on first use (PEP 562), so `cnnlab --help` does not pay for importing torch.
 """
@@ -9,9 +9,11 @@ Names are imported on first use (PEP 562), so `cnnlab --help` does not pay for i
 import importlib
 
 _WHERE = {
-    "load_image": "images", "prepare_image": "images",
+    "load_image": "images", "prepare_image": "images", "load_rgb_image": "images",
+    "prepare_rgb_image": "images",
     "TensorLoader": "loader",
-    "SOURCE_HELP": "sources", "parse_source": "sources", "load_data": "load",
+    "SOURCE_HELP": "sources", "parse_source": "sources", "load_data": "load", "subset": "load",
+    "to_device": "load",
     "fetch_cifar10": "fetch",
     **{name: "cifar10" for name in ("CifarData", "load_cifar10", "normalize",
                                     "CIFAR10_MEAN", "CIFAR10_LAB_STD", "CIFAR10_STD")},
@@ -19,8 +21,9 @@ _WHERE = {
                                   "preprocess", "read_idx")},
 }
 
-__all__ = ["load_data", "load_mnist", "MnistData", "ImageSet", "TensorLoader", "preprocess",
-           "read_idx", "parse_source", "load_image", "prepare_image", "SOURCE_HELP", "SPLITS",
+__all__ = ["load_data", "subset", "to_device", "load_mnist", "MnistData", "ImageSet",
+           "TensorLoader", "preprocess", "read_idx", "parse_source", "load_image",
+           "prepare_image", "load_rgb_image", "prepare_rgb_image", "SOURCE_HELP", "SPLITS",
            "load_cifar10", "CifarData", "normalize", "fetch_cifar10", "CIFAR10_MEAN",
            "CIFAR10_LAB_STD", "CIFAR10_STD"]
 

@@ -94,9 +94,10 @@ def normalize(images: torch.Tensor, mean=CIFAR10_MEAN, std=CIFAR10_STD,
     """uint8 images [B,3,H,W] -> `dtype` (x / 255 - mean) / std, per channel, on their own device.
 
     The notebook's ToTensor + Normalize(CIFAR10_MEAN, CIFAR10_LAB_STD) for a whole batch at once;
-    the memory format (channels-last or not) is kept."""
-    mean = torch.tensor(mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
-    std = torch.tensor(std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+    the memory format (channels-last or not) is kept. mean/std may be tensors already on the
+    device (`cnnlab.train.batches` keeps them there: no host-to-device copy per batch)."""
+    mean = torch.as_tensor(mean, dtype=dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=dtype, device=images.device).view(1, -1, 1, 1)
     x = images.to(dtype).div_(255)
     return x.sub_(mean).div_(std)
 
@@ -126,8 +127,7 @@ def load_cifar10(source, split: str = "lab") -> CifarData:
     Raises UserError naming the file and the fault for anything missing, damaged or unsafe."""
     if split not in SPLITS:
         raise UserError(f"unknown split {split!r}: expected one of {', '.join(SPLITS)}")
-    text = str(source)
-    path = Path(text[len("cifar10:"):] if text.startswith("cifar10:") else text).expanduser()
+    path = source_path(source)
     kind, where = locate(path)
     if kind == "folder":
         key = tuple(file_key(where / name) for name in FILES)
@@ -135,6 +135,27 @@ def load_cifar10(source, split: str = "lab") -> CifarData:
         key = file_key(where)
     sets, classes = _load_cached(kind, str(where), key)
     return CifarData(*sets, source=f"cifar10:{path}", split=split, classes=classes)
+
+
+def read_class_names(source) -> tuple:
+    """The 10 class names in batches.meta of a CIFAR-10 source (only that file is read, or the
+    archive scanned for it) -> ('airplane', ..., 'truck'); UserError if it cannot be read."""
+    kind, where = locate(source_path(source))
+    if kind == "folder":
+        meta = where / META_FILE
+        try:
+            data = meta.read_bytes()
+        except OSError as err:
+            raise UserError(f"cannot read {meta}: {err.strerror or err}") from None
+        return read_meta(data, meta)[0]
+    return read_meta(_read_archive(where, (META_FILE,), early=True)[META_FILE],
+                     f"{where}:{FOLDER}/{META_FILE}")[0]
+
+
+def source_path(source) -> Path:
+    """"cifar10:PATH", a str or a Path -> the Path."""
+    text = str(source)
+    return Path(text[len("cifar10:"):] if text.startswith("cifar10:") else text).expanduser()
 
 
 def locate(path: Path) -> tuple[str, Path]:
@@ -183,9 +204,11 @@ def _read_folder(folder: Path) -> dict[str, bytes]:
     return blobs
 
 
-def _read_archive(path: Path) -> dict[str, bytes]:
-    """The batches as bytes, read from the tar in one pass; links and special members refused."""
-    wanted = {f"{FOLDER}/{name}": name for name in FILES}
+def _read_archive(path: Path, files=FILES, early: bool = False) -> dict[str, bytes]:
+    """The batches as bytes, read from the tar in one pass; links and special members refused.
+    early: stop once `files` are read (the whole archive is read otherwise, so that a
+    truncated download is noticed)."""
+    wanted = {f"{FOLDER}/{name}": name for name in files}
     blobs = {}
     try:
         with tarfile.open(path, "r:*") as tar:
@@ -197,11 +220,13 @@ def _read_archive(path: Path) -> dict[str, bytes]:
                     raise UserError(f"{path}: member {member.name} is a link or special file, "
                                     "not a batch; this is not the official archive")
                 blobs[name] = tar.extractfile(member).read()
+                if early and len(blobs) == len(wanted):
+                    break
     except (tarfile.TarError, EOFError, OSError, zlib.error) as err:
         raise UserError(f"{path}: cannot read the archive ({one_line(err)}): "
                         "truncated or not a tar.gz; download it again with "
                         "`cnnlab data fetch cifar10`") from None
-    missing = [f"{FOLDER}/{n}" for n in FILES if n not in blobs]
+    missing = [f"{FOLDER}/{n}" for n in files if n not in blobs]
     if missing:
         raise UserError(f"{path}: no {', '.join(missing)} in the archive; expected {ARCHIVE} "
                         "(get it with `cnnlab data fetch cifar10`)")

@@ -4,7 +4,8 @@
 `torch.utils.data.DataLoader(ds, batch_size, shuffle=True, generator=g)` (both draw one
 `torch.randperm(N, generator=g)` per epoch and make the same extra draws DataLoader makes), but
 each batch is one `index_select` on the
-dataset's `images` / `labels` tensors instead of N `__getitem__` calls and a collate.
+dataset's `images` / `labels` tensors instead of N `__getitem__` calls and a collate. The tensors
+may live on the GPU (`cnnlab.data.to_device`): batches are then cut there.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ class TensorLoader:
         if generator is None:
             seed = int(torch.empty((), dtype=torch.int64).random_().item())
             generator = torch.Generator().manual_seed(seed)
-        order = torch.randperm(n, generator=generator)
+        # Drawn on the CPU generator whatever the device: the same order on CPU and GPU, and a
+        # CPU generator state for exact resume; moved once to where the images are.
+        order = torch.randperm(n, generator=generator).to(self.images.device)
         for start in range(0, min(stop, n), bs):
             idx = order[start:start + bs]
             yield self.images.index_select(0, idx), self.labels.index_select(0, idx)

@@ -40,8 +40,8 @@ _REGISTRY = {
 
 MODEL_NAMES = tuple(_REGISTRY)
 
-__all__ = ["MODEL_NAMES", "build_model", "default_input_size", "LeNet", "NativeLeNet", "ResBlock",
-           "ResNet18"]
+__all__ = ["MODEL_NAMES", "build_model", "full_kwargs", "default_input_size", "LeNet",
+           "NativeLeNet", "ResBlock", "ResNet18"]
 
 
 def _check_name(name):
@@ -58,6 +58,17 @@ def default_in_channels(name: str) -> int:
 def default_input_size(name: str) -> tuple[int, int, int, int]:
     """The lab's input for a model: one 32x32 image, 1 channel (3 for the part-2 models)."""
     return (1, default_in_channels(name), 32, 32)
+
+
+def full_kwargs(name: str, in_channels: int | None = None, num_classes: int = 10,
+                **kwargs) -> dict:
+    """Every argument `build_model(name, ...)` builds with, defaults filled in:
+    {"in_channels", "num_classes", **the model's kwargs}. Stored in checkpoints, so that a
+    later change of a builder default cannot change what an old checkpoint rebuilds."""
+    _check_name(name)
+    _, default_channels, allowed = _REGISTRY[name]
+    return {"in_channels": default_channels if in_channels is None else in_channels,
+            "num_classes": num_classes, **allowed, **kwargs}
 
 
 def build_model(name: str, in_channels: int | None = None, num_classes: int = 10,

@@ -126,3 +126,16 @@ TORCHVISION_CHECK = {
         "it printed max(diff), not max(|diff|): a negative difference passes as 0",
     ],
 }
+
+# ------------------------------------------------------------------ part 2 (实验5(下), CIFAR-10)
+PART2_SOURCE = "reference.md, \"Part 2\""
+# The notebook's run of the lab recipe, and the printed book's figures for the same code.
+PART2_NOTEBOOK = {"best_dev": 0.7272, "test_acc": 0.7234, "test_loss": 0.8324}
+PART2_BOOK = {"test_acc": 0.7094, "test_loss": 0.9058}
+# What the fast recipe is measured against (reference.md, "Part 2 anchors and facts").
+PART2_ANCHORS = [
+    ("kuangliu/pytorch-cifar ResNet18", "93.02 % in 200 epochs (SGD 0.1, cosine, crop+flip)"),
+    ("Lightning's CIFAR baseline (OneCycle ResNet18)", "92-93 % in 20-30 epochs"),
+    ("airbench94 (its own net, one A100)", "94.01 % in 3.83 s"),
+]
+PART2_GOAL = {"test_acc": 0.94, "epochs": 20, "h200_s": 30.0}

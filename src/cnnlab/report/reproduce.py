@@ -57,6 +57,9 @@ class ReproduceOptions:
 
 @dataclass
 class Context:
+    """What every phase gets: the options (ReproduceOptions, or part2.Part2Options), the console,
+    the results so far and the data loaded once."""
+
     options: ReproduceOptions
     console: object
     results: dict = field(default_factory=dict)
@@ -117,7 +120,7 @@ def measure_matmul(n: int = 2048, seconds: float = 1.0, clock=time.perf_counter)
     return {"n": n, "runs": runs, "flops_per_s": 2 * n ** 3 / best, "threads": torch.get_num_threads()}
 
 
-def _check_out(out: Path) -> None:
+def check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise UserError(f"output folder {out} exists and is not a folder")
     try:
@@ -127,7 +130,8 @@ def _check_out(out: Path) -> None:
     if not out.is_dir() or not os.access(out, os.W_OK | os.X_OK):
         raise UserError(f"output folder {out} is not a writable folder")
     foreign = [name for name in ("best.pt", "last.pt") if (out / name).exists()]
-    if (out / "run.json").exists() and _command_of(out / "run.json") != "cnnlab reproduce":
+    if (out / "run.json").exists() and not str(_command_of(out / "run.json")).startswith(
+            "cnnlab reproduce"):
         foreign.append("run.json")
     if foreign:
         raise UserError(f"{out} holds a `cnnlab train` run ({', '.join(foreign)}), not the output "
@@ -152,7 +156,7 @@ def reproduce(options: ReproduceOptions) -> dict:
     from cnnlab.train.runner import resolve_device
 
     resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
-    _check_out(options.out)
+    check_out(options.out)
     with DirectoryLock(options.out):  # one reproduce at a time in a folder
         return _run_phases(options)
 
@@ -161,22 +165,7 @@ def _run_phases(options: ReproduceOptions) -> dict:
     started = time.perf_counter()
     after_imports = peak_rss_bytes()  # torch + torchvision loaded by this module's imports
     ctx = Context(options, _console(options.quiet))
-    timings = []
-    for i, (key, title, fn) in enumerate(PHASES, start=1):
-        ctx.say(f"[bold cyan]>[/] [{i}/{len(PHASES)}] {title}")
-        t = time.perf_counter()
-        try:
-            ctx.results[key] = fn(ctx)
-            status = "ok"
-        except Exception as err:  # one broken phase must not lose the others' results
-            ctx.results[key] = {"error": f"{type(err).__name__}: {err}",
-                                "traceback": traceback.format_exc(limit=6)}
-            status = "failed"
-            ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
-        dt = time.perf_counter() - t
-        timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
-                        "peak_rss_bytes": peak_rss_bytes()})
-        ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
+    timings = run_phases(ctx, PHASES)
     total = time.perf_counter() - started
     results = {
         "format": "cnnlab.reproduce", "version": 1,
@@ -199,6 +188,28 @@ def _run_phases(options: ReproduceOptions) -> dict:
         ctx.console.print(_summary_table(results))
     ctx.say(f"[bold]report[/]: {options.out / 'report.md'}  ({total:.1f} s)")
     return results
+
+
+def run_phases(ctx, phases) -> list[dict]:
+    """Run each (key, title, fn) in order, fn(ctx) -> its result in ctx.results[key], timed;
+    a phase that raises is recorded as failed and the others still run -> the timings."""
+    timings = []
+    for i, (key, title, fn) in enumerate(phases, start=1):
+        ctx.say(f"[bold cyan]>[/] [{i}/{len(phases)}] {title}")
+        t = time.perf_counter()
+        try:
+            ctx.results[key] = fn(ctx)
+            status = "ok"
+        except Exception as err:  # one broken phase must not lose the others' results
+            ctx.results[key] = {"error": f"{type(err).__name__}: {err}",
+                                "traceback": traceback.format_exc(limit=6)}
+            status = "failed"
+            ctx.say(f"  [bold red]failed[/]: {type(err).__name__}: {err}")
+        dt = time.perf_counter() - t
+        timings.append({"key": key, "title": title, "wall_s": dt, "status": status,
+                        "peak_rss_bytes": peak_rss_bytes()})
+        ctx.say(f"  [dim]done in {dt:.1f} s[/]" if status == "ok" else f"  [dim]{dt:.1f} s[/]")
+    return timings
 
 
 def _summary_table(results):

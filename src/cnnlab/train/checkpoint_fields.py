@@ -179,11 +179,23 @@ def _rng(value):
     _tensor("rng.torch", value["torch"], torch.uint8, generator_bytes)
     if "data" in value:
         _tensor("rng.data", value["data"], torch.uint8, generator_bytes)
+    if "augment" in value:  # the CPU generator of the batch transform's crops and flips
+        _tensor("rng.augment", value["augment"], torch.uint8, generator_bytes)
     cuda = value.get("cuda", [])
     if not isinstance(cuda, list):
         _fail("rng.cuda", "a list of tensors", cuda)
     for state in cuda:
         _tensor("rng.cuda", state, torch.uint8)
+
+
+def _grad_scaler(value):
+    """fp16 training's GradScaler state: None, or a dict of numbers (scale, growth tracker)."""
+    if value is None:
+        return
+    _dict("grad_scaler", value)
+    for key, number in value.items():
+        if not _is_real(number):
+            _fail(f"grad_scaler.{key}", "a number", number)
 
 
 def _skipped_steps(value):
@@ -202,7 +214,7 @@ _CHECKS = {
     "best_score": lambda v: _score("best_score", v),
     "best_step": lambda v: _optional_count("best_step", v),
     "history": _history, "epoch_partial": _epoch_partial, "optimizer": _optimizer,
-    "scheduler": _scheduler, "rng": _rng, "resumable": _resumable,
+    "scheduler": _scheduler, "rng": _rng, "resumable": _resumable, "grad_scaler": _grad_scaler,
     "epoch_step": lambda v: _count("epoch_step", v),
     "steps_per_epoch": lambda v: _count("steps_per_epoch", v),
     "skipped_steps": _skipped_steps,

@@ -11,12 +11,15 @@ The Runner calls its hooks (`runner.guard = TrainGuard(...)`):
 
 Exact resume needs the data order: `last.pt` stores, besides every RNG state at save time, the
 data generator's state at the START of the current epoch and the position within it; the resumed
-run replays that epoch's order and skips the batches already trained on.
+run replays that epoch's order and skips the batches already trained on. The augmentation
+generator of the Runner's batch transform (CIFAR-10) is stored as it is at save time (rng
+"augment"): skipped batches draw nothing from it.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -108,11 +111,14 @@ class TrainGuard:
         """Write the resumable `last.pt` (atomic); refuse if any weight is not finite."""
         if self.last_path is None:
             return None
+        start = time.perf_counter()
         check_finite_weights(runner.model, runner.global_step)
         payload = runner._checkpoint_payload(full=True)
         payload.update(self.resume_state(runner))
         save_checkpoint(self.last_path, payload)
         self.last_saved_step = runner.global_step
+        if hasattr(runner, "timings"):  # saving is not training: img/s leave it out
+            runner.timings["save_s"] += time.perf_counter() - start
         return self.last_path
 
     def resume_state(self, runner) -> dict:
@@ -123,6 +129,9 @@ class TrainGuard:
         if self.generator is not None:
             # At an epoch boundary the generator already stands at the next epoch's start.
             rng["data"] = self.generator.get_state() if epoch_step == 0 else self.epoch_data_state
+        transform = getattr(runner, "batch_transform", None)
+        if transform is not None and transform.get_state() is not None:
+            rng["augment"] = transform.get_state()
         return {"resumable": True, "rng": rng, "epoch_step": epoch_step,
                 "steps_per_epoch": steps_per_epoch,
                 "skipped_steps": list(self.skipped_steps)}

@@ -19,7 +19,9 @@ from cnnlab.train.rng import restore_rng
 
 # Settings that change the result of a run: a resumed run keeps the checkpoint's values.
 RESULT_SETTINGS = ("model", "data", "split", "batch_size", "lr", "optimizer", "weight_decay", "seed",
-                   "log_steps", "eval_steps", "model_kwargs", "deterministic", "skip_nonfinite")
+                   "log_steps", "eval_steps", "model_kwargs", "deterministic", "skip_nonfinite",
+                   "recipe", "momentum", "nesterov", "label_smoothing", "schedule", "warmup",
+                   "augment", "normalize", "amp", "channels_last", "tta", "subset", "weight_init")
 
 
 def find_checkpoint(path) -> Path:
@@ -50,16 +52,23 @@ def load_resume(path, model_name: str | None = None) -> tuple[Path, dict]:
     return path, payload
 
 
-def resumed_config(payload: dict, path: Path, epochs: int, explicit: dict | None = None,
+def resumed_config(payload: dict, path: Path, epochs: int | None, explicit: dict | None = None,
                    runtime: dict | None = None) -> dict:
     """The config of the run being resumed (a dict for `TrainConfig.from_dict`), with `epochs`
-    total epochs, its own directory, and `runtime` settings (device, loader, quiet ...).
+    total epochs (None: the run's own), its own directory, and `runtime` settings (device,
+    loader, quiet ...). A one-cycle schedule is laid out for the run's epochs: it cannot change.
 
     explicit: settings the user gave on the command line; one that differs from the stored run
     is a UserError (a resumed run cannot change what it computes).
     """
     cfg = dict(payload["config"])
     done = int(payload["epoch"])
+    if epochs is None:
+        epochs = int(cfg.get("epochs") or done)
+    if cfg.get("schedule") == "onecycle" and epochs != cfg.get("epochs"):
+        raise UserError(f"--epochs {epochs}: the run in {path.parent} follows a one-cycle "
+                        f"schedule laid out for {cfg.get('epochs')} epochs; resume it with "
+                        f"--epochs {cfg.get('epochs')} (or start a new run)")
     if epochs < done:
         raise UserError(f"--epochs {epochs}: the run in {path.parent} has already completed {done} "
                         f"epochs; ask for at least {done}")
@@ -98,6 +107,9 @@ def restore_run(runner, payload: dict, train_loader, guard=None, best_path=None)
     if best_on_disk is not None and not (runner.best_score >= best_on_disk[0]):
         runner.best_score, runner.best_step = best_on_disk
     restore_rng(payload["rng"], getattr(train_loader, "generator", None))
+    transform = getattr(runner, "batch_transform", None)
+    if "augment" in payload["rng"] and transform is not None:
+        transform.set_state(payload["rng"]["augment"])
     if guard is not None:
         guard.skipped_steps = list(payload.get("skipped_steps", []))
         guard.last_saved_step = payload["step"]

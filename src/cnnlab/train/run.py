@@ -11,7 +11,10 @@ Each file carries the run's id; the directory is locked while the run writes to 
 run never mixes with another run's files (`cnnlab.train.rundir`).
 
 The order of random draws follows the lab: seed everything, build the model, then shuffle the
-training set with a generator seeded with the same seed.
+training set with a generator seeded with the same seed. A CIFAR-10 run (`data="cifar10:PATH"`)
+follows its recipe (cnnlab.train.recipes): uint8 batches normalised and augmented on the device
+by the Runner's batch transform (its own generator, also seeded from the seed), its optimizer,
+schedule, precision and evaluation. On a GPU its images are moved there once.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from cnnlab.data import TensorLoader, load_mnist
+from cnnlab.data import TensorLoader, load_data, subset, to_device
 from cnnlab.errors import UserError
 from cnnlab.runinfo import write_run_json
 from cnnlab.train.checkpoint import load_checkpoint
@@ -32,15 +35,18 @@ from cnnlab.train.init import lab_init_
 from cnnlab.train.loading import load_state_strict
 from cnnlab.train.metric import Accuracy
 from cnnlab.train.plots import plot_training_loss_acc
+from cnnlab.train.recipes import configure_runner
 from cnnlab.train.rng import seed_everything, seed_worker
 from cnnlab.train.rundir import run_directory
 from cnnlab.train.runner import Runner, new_run_id
 
 
-def make_optimizer(name, params, lr, weight_decay=0.0):
-    """"sgd" (plain SGD, as the lab's paddle.optimizer.SGD) or "adam" (L2 weight decay, as Paddle's)."""
+def make_optimizer(name, params, lr, weight_decay=0.0, momentum=0.0, nesterov=False):
+    """"sgd" (plain SGD, as the lab's paddle.optimizer.SGD; with momentum and Nesterov for the
+    fast recipe) or "adam" (L2 weight decay, as Paddle's)."""
     if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay)
+        return torch.optim.SGD(params, lr=lr, weight_decay=weight_decay, momentum=momentum or 0.0,
+                               nesterov=bool(nesterov))
     if name == "adam":
         return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     raise UserError(f"unknown optimizer {name!r}: expected sgd or adam")
@@ -57,28 +63,47 @@ def make_loader(dataset, batch_size, shuffle=False, generator=None, kind="tensor
 
 def build_run(cfg: TrainConfig, data=None, run_id: str | None = None):
     """-> (runner, data, train_loader, dev_loader, test_loader) for a resolved config."""
-    from cnnlab.models import build_model
+    from cnnlab.models import build_model, full_kwargs
 
-    data = data if data is not None else load_mnist(cfg.data, cfg.split)
+    data = data if data is not None else prepare_data(cfg)
     if cfg.threads:
         # Results depend on it at float rounding level (reduction order), so it is in the config.
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed, deterministic=cfg.deterministic)
     in_channels = data.train.images.shape[1]
-    model = build_model(cfg.model, in_channels=in_channels, num_classes=10, **cfg.model_kwargs)
+    kwargs = full_kwargs(cfg.model, in_channels=in_channels, num_classes=10, **cfg.model_kwargs)
+    model = build_model(cfg.model, **kwargs)
     if cfg.weight_init == "lab":
         lab_init_(model, cfg.model)
-    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay)
+    optimizer = make_optimizer(cfg.optimizer, model.parameters(), cfg.lr, cfg.weight_decay,
+                               cfg.momentum, cfg.nesterov)
     generator = torch.Generator().manual_seed(cfg.seed)
     train_loader = make_loader(data.train, cfg.batch_size, shuffle=True, generator=generator,
                                kind=cfg.loader, num_workers=cfg.num_workers)
     dev_loader = make_loader(data.dev, cfg.batch_size, kind=cfg.loader, num_workers=cfg.num_workers)
     test_loader = make_loader(data.test, cfg.batch_size, kind=cfg.loader, num_workers=cfg.num_workers)
-    spec = {"name": cfg.model, "kwargs": {"in_channels": in_channels, **cfg.model_kwargs}}
+    # Every builder argument is recorded: a later change of a builder default cannot change
+    # what a checkpoint rebuilds.
+    spec = {"name": cfg.model, "kwargs": kwargs}
     runner = Runner(model, optimizer, F.cross_entropy, Accuracy(is_logits=True), device=cfg.device,
                     progress=not cfg.quiet, log=not cfg.quiet, model_spec=spec, config=cfg.to_dict(),
                     run_id=run_id)
+    configure_runner(runner, cfg, data.train.images, len(train_loader))
     return runner, data, train_loader, dev_loader, test_loader
+
+
+def prepare_data(cfg: TrainConfig, data=None):
+    """The run's data: loaded (unless given), cut to `cfg.subset` images per part, and for a
+    CIFAR-10 run on a GPU moved there once (batches are then cut on the GPU)."""
+    from cnnlab.train.device import resolve_device
+
+    data = data if data is not None else load_data(cfg.data, cfg.split)
+    if cfg.subset is not None:
+        data = subset(data, cfg.subset)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and data.train.images.dtype == torch.uint8:
+        data = to_device(data, device)
+    return data
 
 
 def train_run(config: TrainConfig, data=None, resume=None, init_state=None,
@@ -106,8 +131,7 @@ def train_run(config: TrainConfig, data=None, resume=None, init_state=None,
 def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t_start) -> dict:
     phases = {}
     t = time.perf_counter()
-    if data is None:
-        data = load_mnist(cfg.data, cfg.split)
+    data = prepare_data(cfg, data)
     phases["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -117,9 +141,10 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
     phases["build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
+    first_step = int(resume["step"]) if resume is not None else 0
     best_path = out / "best.pt"
     safe_train(runner, cfg, out, data, train_loader, dev_loader, resume=resume, save_path=best_path)
-    phases["train_s"] = time.perf_counter() - t  # includes dev evaluations and best.pt saves
+    phases["train_s"] = time.perf_counter() - t  # includes dev evaluations and checkpoint saves
     phases["train_eval_s"] = runner.timings["eval_s"]
     phases["train_save_s"] = runner.timings["save_s"]
 
@@ -149,6 +174,9 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
         "tested_model": tested,
         "train_epoch_losses": list(runner.train_epoch_losses),
         "phases_s": {k: round(v, 3) for k, v in phases.items()},
+        "device": str(runner.device),
+        "train_images_per_s": _images_per_second(phases, first_step, runner.global_step,
+                                                  len(data.train), cfg.batch_size),
         "run_dir": str(out),
         "files": {name: str(out / name) for name in
                   ("best.pt", "last.pt", "history.json", "curves.png", "run.json")},
@@ -157,6 +185,17 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
     results["wall_s"] = round(wall, 3)
     write_run_json(out / "run.json", cfg.to_dict(), results, wall, run_id=run_id)
     return results
+
+
+def _images_per_second(phases, first_step, last_step, n, batch):
+    """Training throughput of this call: the images of steps first_step..last_step-1 (the last
+    batch of an epoch may be short) over the time of the steps alone (dev evaluations and
+    checkpoint saves left out); None when no step ran."""
+    per_epoch = -(-n // batch)
+    images = sum(batch if s % per_epoch < per_epoch - 1 else n - (per_epoch - 1) * batch
+                 for s in range(first_step, last_step))
+    steps_s = phases["train_s"] - phases["train_eval_s"] - phases["train_save_s"]
+    return round(images / steps_s, 1) if images and steps_s > 0 else None
 
 
 def _load_own_best(runner, best_path: Path) -> bool:

@@ -16,6 +16,12 @@ The contract follows the lab (seed text §5.3.3-5.3.5):
 All mutable training state (step, epoch, best score, histories, optimizer, scheduler) lives on the
 Runner and round-trips through `state_dict()` / `load_state_dict()`; every checkpoint is built by
 `_checkpoint_payload()` and written by `cnnlab.train.checkpoint.save_checkpoint` (atomic, hashed).
+
+Part 2 (CIFAR-10) hooks, set by `cnnlab.train.recipes.configure_runner` and off for part 1:
+`batch_transform(x, train)` between the loader and the model (normalise and augment on the
+device), `precision` (autocast, backward and optimizer step: cnnlab.train.amp), `eval_loss_fn`
+(dev/test loss when the training loss is label-smoothed), `tta` (flip test-time augmentation)
+and `scheduler_per_step` (a one-cycle schedule steps after every batch).
 """
 
 from __future__ import annotations
@@ -31,26 +37,10 @@ import torch
 from cnnlab.atomic import write_json
 from cnnlab.errors import UserError
 from cnnlab.train import checkpoint as ckpt
-
-
-def resolve_device(device="auto") -> torch.device:
-    """"auto" -> cuda when available, else cpu; "cpu", "cuda" or "cuda:N" as given. Anything
-    else, or a GPU that is not there, is a UserError."""
-    if isinstance(device, torch.device):
-        return device
-    if device in (None, "auto"):
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    text = str(device)
-    kind, _, index = text.partition(":")
-    if kind not in ("cpu", "cuda") or (index and not (kind == "cuda" and index.isdigit())):
-        raise UserError(f"unknown device {text!r}: expected auto, cpu, cuda or cuda:N")
-    if kind == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(f"device {text!r} requested but no CUDA GPU is available (use --device cpu)")
-        if index and int(index) >= torch.cuda.device_count():
-            raise UserError(f"device {text!r}: this machine has {torch.cuda.device_count()} GPU(s), "
-                            f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
-    return torch.device(text)
+from cnnlab.train.amp import Precision
+from cnnlab.train.batches import flip_tta
+from cnnlab.train.device import resolve_device
+from cnnlab.train.progress import TimeEstimate, images_per_second_column
 
 
 class Runner:
@@ -80,8 +70,14 @@ class Runner:
         self.config = dict(config or {})
         self.run_id = run_id or new_run_id()
         self._bar = None
-        self.timings = {"eval_s": 0.0, "save_s": 0.0}  # wall time spent evaluating / saving
+        # wall time spent evaluating / saving best.pt and (by the guard) last.pt
+        self.timings = {"eval_s": 0.0, "save_s": 0.0}
         self.guard = None  # optional cnnlab.train.guard.TrainGuard: last.pt, signals, NaN losses
+        self.batch_transform = None      # callable(x, train) -> model input, on the device
+        self.precision = Precision()     # float32: loss.backward(), optimizer.step()
+        self.eval_loss_fn = None         # None: loss_fn
+        self.tta = False
+        self.scheduler_per_step = False
         self.reset_state()
 
     # ------------------------------------------------------------------ state
@@ -111,6 +107,7 @@ class Runner:
             "epoch_partial": {"loss_sum": self._epoch_loss_sum, "samples": self._epoch_samples},
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict() if self.scheduler is not None else None,
+            "grad_scaler": self.precision.state_dict(),
         }
 
     def load_state_dict(self, state: dict):
@@ -132,6 +129,7 @@ class Runner:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
+        self.precision.load_state_dict(state.get("grad_scaler"))
 
     def history(self) -> dict:
         """The recorded curves as JSON-ready plain numbers."""
@@ -187,7 +185,8 @@ class Runner:
         self._total_steps, self._num_epochs = total_steps, num_epochs
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._progress_bar(total_steps):
+        estimate = self._time_estimate(train_loader, dev_loader, total_steps)
+        with self._progress_bar(total_steps, getattr(train_loader, "batch_size", None) or 1):
             while self.epoch < num_epochs:
                 # Steps of this epoch already done (non-zero only when resuming mid-epoch; the
                 # loader must then replay that epoch's order).
@@ -198,6 +197,7 @@ class Runner:
                     if i < skip:
                         continue
                     self._train_step(x, y)
+                    estimate.after_step()
                     step = self.global_step - 1
                     if eval_steps and step > 0 and (step % eval_steps == 0 or step == total_steps - 1):
                         self._evaluate_and_save(dev_loader, step, save_path)
@@ -212,8 +212,11 @@ class Runner:
     def _train_step(self, x, y):
         x = x.to(self.device, non_blocking=True)
         y = y.to(self.device, non_blocking=True)
+        if self.batch_transform is not None:
+            x = self.batch_transform(x, train=True)
         step = self.global_step
-        loss = self.loss_fn(self.model(x), y)
+        with self.precision.autocast():
+            loss = self.loss_fn(self.model(x), y)
         if self.guard is not None and not self.guard.loss_ok(self, loss, step):
             self.global_step += 1  # a non-finite loss, skipped on request: no update
             return
@@ -223,10 +226,12 @@ class Runner:
             self._flush()
             self._print(f"[Train] epoch: {self.epoch}/{self._num_epochs}, step: {step}/"
                         f"{self._total_steps}, loss: {self.train_step_losses[-1][1]:.5f}")
-        loss.backward()
-        self.optimizer.step()
+        self.precision.backward(loss)
+        self.precision.step(self.optimizer)
         self.optimizer.zero_grad(set_to_none=True)
         self.global_step += 1
+        if self.scheduler_per_step and self.global_step < self._total_steps:
+            self.scheduler.step()  # the lr of the next step (none after the last one)
         if self._bar is not None:
             self._bar[0].update(self._bar[1], advance=1)
 
@@ -255,7 +260,7 @@ class Runner:
         self.train_epoch_losses.append(self._epoch_loss_sum / max(self._epoch_samples, 1))
         self._epoch_loss_sum, self._epoch_samples = 0.0, 0
         self.epoch += 1
-        if self.scheduler is not None:
+        if self.scheduler is not None and not self.scheduler_per_step:
             self.scheduler.step()
 
     def _flush(self):
@@ -281,11 +286,15 @@ class Runner:
         self.metric.reset()
         total_loss = torch.zeros((), dtype=torch.float64, device=self.device)
         n = 0
+        loss_fn = self.eval_loss_fn or self.loss_fn
         for x, y in loader:
             x = x.to(self.device, non_blocking=True)
             y = y.to(self.device, non_blocking=True)
-            logits = self.model(x)
-            total_loss += self.loss_fn(logits, y).double() * y.shape[0]
+            if self.batch_transform is not None:
+                x = self.batch_transform(x, train=False)
+            with self.precision.autocast():
+                logits = flip_tta(self.model, x) if self.tta else self.model(x)
+            total_loss += loss_fn(logits.float(), y).double() * y.shape[0]
             self.metric.update(logits, y)
             n += y.shape[0]
         self.model.train(was_training)
@@ -302,10 +311,15 @@ class Runner:
 
     @torch.no_grad()
     def predict(self, x):
-        """Model outputs (logits) for a batch x [B,C,H,W], in eval mode."""
+        """Model outputs (logits) for a batch x [B,C,H,W], in eval mode (through the batch
+        transform and TTA, as evaluate)."""
         was_training = self.model.training
         self.model.eval()
-        out = self.model(x.to(self.device))
+        x = x.to(self.device)
+        if self.batch_transform is not None:
+            x = self.batch_transform(x, train=False)
+        with self.precision.autocast():
+            out = flip_tta(self.model, x) if self.tta else self.model(x)
         self.model.train(was_training)
         return out
 
@@ -318,15 +332,30 @@ class Runner:
         else:
             print(line, flush=True)
 
-    def _progress_bar(self, total):
-        return _Bar(self, total)
+    def _progress_bar(self, total, batch=1):
+        return _Bar(self, total, batch)
+
+    def _time_estimate(self, train_loader, dev_loader, total_steps) -> TimeEstimate:
+        """Prints how long the run will take once its first steps are timed, if long."""
+        steps = total_steps - self.global_step
+        batch = getattr(train_loader, "batch_size", None) or 1
+        try:
+            dev_images = len(dev_loader.dataset)
+        except (AttributeError, TypeError):  # no loader, or one without a sized dataset
+            dev_images = 0
+        evals = 0
+        if self._eval_steps:
+            evals = sum(1 for s in range(max(self.global_step, 1), total_steps)
+                        if s % self._eval_steps == 0 or s == total_steps - 1)
+        evaluated = evals * dev_images * (2 if self.tta else 1)
+        return TimeEstimate(steps, batch, evaluated, self.device, self._print)
 
 
 class _Bar:
     """Context manager: a rich progress bar on a terminal, nothing otherwise."""
 
-    def __init__(self, runner, total):
-        self.runner, self.total = runner, total
+    def __init__(self, runner, total, batch=1):
+        self.runner, self.total, self.batch = runner, total, batch
 
     def __enter__(self):
         if not (self.runner.progress and sys.stdout.isatty()):
@@ -335,9 +364,10 @@ class _Bar:
                                    TimeElapsedColumn, TimeRemainingColumn)
         bar = Progress(TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                        TextColumn("loss {task.fields[loss]}  dev {task.fields[dev]}"),
-                       TimeElapsedColumn(), TimeRemainingColumn(), transient=False)
+                       images_per_second_column(), TimeElapsedColumn(), TimeRemainingColumn(),
+                       transient=False)
         task = bar.add_task("train", total=self.total, completed=self.runner.global_step,
-                            loss="-", dev="-")
+                            loss="-", dev="-", batch=self.batch)
         bar.start()
         self.runner._bar = (bar, task)
         return bar

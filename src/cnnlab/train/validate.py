@@ -37,8 +37,9 @@ def check_output_dir(path) -> Path:
 
 
 def check_dataset(dataset, name: str = "dataset") -> tuple[torch.Tensor, torch.Tensor] | None:
-    """Non-empty, and (when it has `.images`/`.labels` tensors) images [N,C,H,W] float with
-    N labels. Returns (images, labels) when it has them, else None."""
+    """Non-empty, and (when it has `.images`/`.labels` tensors) images [N,C,H,W] float (or uint8
+    pixels, CIFAR-10's, scaled per batch on the device) with N labels. Returns (images, labels)
+    when it has them, else None."""
     try:
         n = len(dataset)
     except TypeError:
@@ -52,8 +53,9 @@ def check_dataset(dataset, name: str = "dataset") -> tuple[torch.Tensor, torch.T
         raise UserError(f"the {name} images must be [N, C, H, W], got shape {list(images.shape)}")
     if labels.dim() != 1 or labels.shape[0] != images.shape[0]:
         raise UserError(f"the {name} has {images.shape[0]} images but labels of shape {list(labels.shape)}")
-    if not torch.is_floating_point(images):
-        raise UserError(f"the {name} images must be floating point, got {images.dtype}")
+    if not (torch.is_floating_point(images) or images.dtype == torch.uint8):
+        raise UserError(f"the {name} images must be floating point or uint8 pixels, got "
+                        f"{images.dtype}")
     if images.shape[0] == 0:
         raise UserError(f"the {name} is empty (0 samples); it needs at least one")
     return images, labels
