@@ -80,8 +80,13 @@ def test_input_spec_follows_the_checkpoints_data_source(monkeypatch):
     assert (spec.kind, spec.channels) == ("mnist", 3)
     spec = inputs.input_spec({"config": {"data": "cifar10:/data"}}, model)
     assert (spec.kind, spec.channels) == ("rgb", 3)     # channels read from the model itself
+    # the std the run trained with: the notebook's for the lab recipe, per channel for the fast
+    assert "0.2023" in inputs.input_spec({"config": {"data": "cifar10:/d", "normalize": "lab"}},
+                                         model).description
+    assert "0.247" in inputs.input_spec({"config": {"data": "cifar10:/d",
+                                                    "normalize": "channel"}}, model).description
     monkeypatch.setattr(inputs, "_KINDS", list(inputs._KINDS))
-    inputs.register_input_kind("svhn", lambda c: inputs.rgb_spec(c, (0.4,) * c, (0.2,) * c))
+    inputs.register_input_kind("svhn", lambda c, config: inputs.rgb_spec(c, (0.4,) * c, (0.2,) * c))
     spec = inputs.input_spec({"config": {"data": "svhn:x"}}, model)
     assert "mean [0.4" in spec.description
 

@@ -107,21 +107,21 @@ def rgb_spec(channels: int, mean=None, std=None) -> InputSpec:
                      prepare)
 
 
-def _cifar_factory(channels: int) -> InputSpec:
-    try:  # the CIFAR-10 data module: its `normalize` defaults are what training uses
-        from cnnlab.data import cifar10
-    except ImportError:
-        cifar10 = None
-    return rgb_spec(channels, getattr(cifar10, "CIFAR10_MEAN", None),
-                    getattr(cifar10, "CIFAR10_STD", None))
+def _cifar_factory(channels: int, config: dict) -> InputSpec:
+    """CIFAR-10: RGB, /255, then the mean/std the run trained with (its `normalize` setting: the
+    notebook's std for the lab recipe, the per-channel std for the fast one)."""
+    from cnnlab.train.recipes import normalization
+
+    mean, std = normalization(config.get("normalize") or "channel")
+    return rgb_spec(channels, mean, std)
 
 
-# data-source prefix -> factory(channels) -> InputSpec; the first matching prefix wins
-_KINDS: list[tuple[str, Callable[[int], InputSpec]]] = [("cifar", _cifar_factory)]
+# data-source prefix -> factory(channels, run config) -> InputSpec; the first matching prefix wins
+_KINDS: list[tuple[str, Callable[[int, dict], InputSpec]]] = [("cifar", _cifar_factory)]
 
 
-def register_input_kind(prefix: str, factory: Callable[[int], InputSpec]) -> None:
-    """Use `factory(channels)` for models trained on data sources that start with `prefix`."""
+def register_input_kind(prefix: str, factory: Callable[[int, dict], InputSpec]) -> None:
+    """Use `factory(channels, run config)` for models trained on data sources that start with `prefix`."""
     _KINDS.insert(0, (prefix, factory))
 
 
@@ -138,8 +138,9 @@ def model_in_channels(payload: dict, model: torch.nn.Module) -> int:
 def input_spec(payload: dict, model: torch.nn.Module) -> InputSpec:
     """The preparation for a loaded checkpoint, from its config's data source and channels."""
     channels = model_in_channels(payload, model)
-    source = str((payload.get("config") or {}).get("data") or "bundled")
+    config = payload.get("config") or {}
+    source = str(config.get("data") or "bundled")
     for prefix, factory in _KINDS:
         if source.startswith(prefix):
-            return factory(channels)
+            return factory(channels, config)
     return mnist_spec(channels)
