@@ -25,6 +25,9 @@ def register(sub):
     p.add_argument("--seeds", metavar="N", type=int, default=1,
                    help="train each model with N seeds (100, 101, ...) and report mean ± std, so "
                         "the lab's 'residual beats plain' is tested (default 1)")
+    p.add_argument("--nproc", metavar="P", type=int, default=1,
+                   help="with --seeds N: train P seeds at once, one per process (the cores shared "
+                        "evenly; the same figures as one at a time with that many threads)")
     p.add_argument("--quick", action="store_true",
                    help="short smoke run: tiny data subsets, 1 epoch, short speed table")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -37,7 +40,7 @@ def run(args) -> int:
     from cnnlab.report.reproduce import ReproduceOptions, reproduce
 
     options = ReproduceOptions(out=Path(args.out), seeds=args.seeds, quick=args.quick,
-                               device=args.device, quiet=args.quiet)
+                               device=args.device, quiet=args.quiet, nproc=args.nproc)
     results = reproduce(options)
     failed = [t["key"] for t in results["timings"] if t["status"] != "ok"]
     return 1 if failed else 0

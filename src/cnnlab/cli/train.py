@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli import train_safety
+from cnnlab.cli import launch, train_safety
 from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.train.config import LAB_DEFAULTS, TrainConfig
@@ -60,6 +60,7 @@ def register(sub):
     p.add_argument("--out", metavar="DIR", default=None, help="run directory (default runs/MODEL)")
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
     train_safety.add_arguments(p)  # --resume, --workers, --deterministic, --skip-nonfinite
+    launch.add_arguments(p)        # --nproc, --max-restarts, --dist-timeout
     p.set_defaults(func=run)
 
 
@@ -105,12 +106,35 @@ def read_init(args) -> tuple[dict | None, dict]:
 
 
 def run(args) -> int:
-    from cnnlab.train.run import train_run
+    from cnnlab.train.distributed import launched
 
-    # Resolved and checked before any work; --resume takes the stored run's settings.
+    if launch.wants_launcher(args):  # --nproc N: start torchrun's launcher on this command
+        return launch.launch_training(args, lambda a: checked_settings(a)[1:])
+    if launched():  # a process started by torchrun: data-parallel
+        return launch.run_worker(args, _train)
+    return _train(args, None)
+
+
+def checked_settings(args, dist=None):
+    """-> (initial weights or None, resolved TrainConfig, resume payload or None), every input
+    checked before any work; --resume takes the stored run's settings. Data-parallel (`dist`):
+    after a torchrun restart the run resumes from its own last.pt."""
+    if dist is not None:
+        launch.resume_after_restart(args, dist, config_from_args(args).resolved().out)
     init_state, init_kwargs = read_init(args)
     cfg, resume = train_safety.prepare(args, config_from_args(args, init_kwargs))
-    results = train_safety.call(train_run, cfg, resume, args, init_state)
+    return init_state, cfg, resume
+
+
+def _train(args, dist) -> int:
+    from cnnlab.train.run import train_run
+
+    if dist is None:
+        init_state, cfg, resume = checked_settings(args)
+    else:  # every process checks; a refusal anywhere stops them all
+        init_state, cfg, resume = dist.agree(lambda: checked_settings(args, dist))
+        dist.check_same("settings", launch.settings_fingerprint(cfg, resume))
+    results = train_safety.call(train_run, cfg, resume, args, init_state, dist=dist)
     if isinstance(results, int):  # stopped by a signal (130/143) or a NaN loss (3)
         return results
     if not args.quiet:
