@@ -287,3 +287,4 @@ def test_sigint_to_the_launcher_stops_every_rank_and_saves_once(runs):
     # resumed in one process, it ends where the one-process run ends
     assert runs["sigint-resume"] == 0
     assert_same_figures(runs["tmp"] / "sigint", runs["tmp"] / "one-sgd")
+

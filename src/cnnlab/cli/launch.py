@@ -42,7 +42,8 @@ def add_arguments(p) -> None:
     g.add_argument("--nproc", type=int, default=None, metavar="N",
                    help="train on N processes of this machine by starting torchrun's launcher "
                         "(gloo on CPU with 1 thread each, NCCL with one GPU each); the same as "
-                        "`torchrun --standalone --nproc-per-node N -m cnnlab train ...`")
+                        "`torchrun --standalone --nproc-per-node N -m cnnlab train ...` (ignored "
+                        "in the processes torchrun starts)")
     g.add_argument("--max-restarts", type=int, default=0, metavar="K",
                    help="with --nproc: restart the processes up to K times after a failure; the "
                         "restarted run resumes from DIR/last.pt by itself (default 0)")
@@ -66,10 +67,12 @@ def launch_training(args, train_checks) -> int:
     train_checks(args): the worker's own checks (raise UserError), run here once first."""
     from cnnlab.train.validate import check_int
 
+    from cnnlab.train.distributed import check_device
+
     nproc = check_int("--nproc", args.nproc, 1)
     check_int("--max-restarts", args.max_restarts, 0)
-    if not args.dist_timeout > 0:
-        raise UserError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
+    check_timeout(args)
+    check_device(args.device, nproc - 1)  # one GPU per process
     checked = argparse.Namespace(**{**vars(args), "quiet": True})
     cfg, resume = train_checks(checked)
     _check_directory(cfg.out, resuming=resume is not None or args.overwrite)
@@ -96,6 +99,11 @@ def launch_training(args, train_checks) -> int:
     finally:
         os.environ.pop(NPROC_ENV, None)  # (GLOO_SOCKET_IFNAME stays: this process ends here)
     return 0
+
+
+def check_timeout(args) -> None:
+    if not args.dist_timeout > 0:
+        raise UserError(f"--dist-timeout must be > 0 seconds, got {args.dist_timeout}")
 
 
 def _check_directory(out, resuming: bool) -> None:
@@ -171,6 +179,7 @@ def run_worker(args, train) -> int:
     if not main:
         args.quiet = True
     try:
+        check_timeout(args)
         dist = DistContext.from_env(args.device, args.dist_timeout)
     except UserError:
         if main:

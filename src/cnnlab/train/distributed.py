@@ -89,7 +89,7 @@ class DistContext:
             raise UserError("not started by torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR "
                             "and MASTER_PORT must be set")
         rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
-        where = _device_for(device, local)
+        where = check_device(device, local)
         backend = "nccl" if where.type == "cuda" else "gloo"
         owns = not dist.is_initialized()
         if owns:
@@ -292,15 +292,17 @@ def restart_target(out, ctx: DistContext) -> Path | None:
     return last if launch and launch == ctx.launch_id else None
 
 
-def _device_for(device, local_rank: int) -> torch.device:
+def check_device(device, local_rank: int) -> torch.device:
+    """The device of the process with this LOCAL_RANK for --device `device` (auto, cpu, cuda);
+    UserError when there is no such GPU."""
     text = "auto" if device in (None, "auto") else str(device)
     if text == "auto":
         text = "cuda" if torch.cuda.is_available() else "cpu"
     if text == "cpu":
         return torch.device("cpu")
     if text != "cuda":
-        raise UserError(f"--device {device}: under torchrun each process takes the GPU of its "
-                        "LOCAL_RANK; give --device cuda (or cpu, or auto)")
+        raise UserError(f"--device {device}: in data-parallel training each process takes the "
+                        "GPU of its local rank; give --device cuda (or cpu, or auto)")
     if not torch.cuda.is_available():
         raise UserError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
     if local_rank >= torch.cuda.device_count():
