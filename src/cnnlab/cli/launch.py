@@ -6,9 +6,10 @@ process started by torchrun).
 
 `--nproc N` runs torchrun's own launcher (`torch.distributed.run`) in this process, on this
 machine (127.0.0.1), after checking the arguments and the run directory here first: a bad input
-is one line and exit status 2 before any worker starts. Exit status of the job: 0 done; 2 a user
-error; 130 / 143 stopped by SIGINT / SIGTERM (every worker saved nothing but rank 0's last.pt);
-1 a worker died (the line names its rank and signal; last.pt is intact) or failed otherwise.
+is one line and exit status 2 before any worker starts. Exit status of the job: as `cnnlab train`'s
+(0 done, 2 a user error, 3 a non-finite loss, 130 / 143 stopped by SIGINT / SIGTERM after rank 0
+saved last.pt), and 1 when a worker died (the line names its rank and signal; last.pt is intact)
+or failed otherwise.
 
 A worker (`run_worker`) joins the process group, checks the arguments and the directory on every
 process (`DistContext.agree`: rank 0 alone prints a refusal; every process exits 2), resumes
@@ -32,6 +33,9 @@ from cnnlab.errors import UserError
 
 NPROC_ENV = "CNNLAB_NPROC"  # set by `--nproc N` for its workers: the launcher reports for them
 EXIT_FAILED = 1             # a process of the job died or failed
+# Exit statuses of workers that only followed another's failure: stopped by torchrun (SIGTERM,
+# SIGINT) or left when their process group broke.
+_CONSEQUENCES = {-signal.SIGTERM, -signal.SIGINT, EXIT_FAILED}
 
 
 def add_arguments(p) -> None:
@@ -127,12 +131,10 @@ def _quiet_torchrun_logs() -> None:
 
 def _report_failures(err, cfg, nproc: int) -> int:
     """One line for a job whose workers failed -> its exit status."""
-    failures = err.failures  # {global rank: ProcessFailure}
-    codes = {f.exitcode for f in failures.values()}
-    if codes <= {2}:
-        return 2  # a user error: rank 0 printed it
-    if len(codes) == 1 and codes <= {130, 143}:
-        return codes.pop()  # stopped by a signal sent to the workers: rank 0 said where it saved
+    codes = {f.exitcode for f in err.failures.values()} - _CONSEQUENCES
+    if len(codes) == 1 and codes <= {2, 3, 130, 143}:
+        # the processes stopped for a reason rank 0 printed (a user error, a NaN loss, a signal)
+        return codes.pop()
     rank, failure = _root_cause(err)
     what = (f"was killed by {failure.signal_name()}" if failure.exitcode < 0
             else f"failed with exit status {failure.exitcode}")
@@ -146,9 +148,7 @@ def _root_cause(err):
     with SIGTERM (or they lose their peer and exit 1): those are consequences, not causes."""
     def weight(item):
         rank, failure = item
-        code = failure.exitcode
-        consequence = code in (-signal.SIGTERM, -signal.SIGINT, EXIT_FAILED)
-        return (consequence, failure.timestamp, rank)
+        return (failure.exitcode in _CONSEQUENCES, failure.timestamp, rank)
     return min(err.failures.items(), key=weight)
 
 
@@ -171,7 +171,8 @@ def run_worker(args, train) -> int:
 
     Rank 0 prints and writes; the others run silently (a bug's traceback still shows). A
     UserError is raised on rank 0 (one line from the CLI) and exit status 2 elsewhere; a broken
-    process group (another process died or hung) ends this process with one line and status 1.
+    process group (another process died or hung) ends this process at once with one line and
+    status 1.
     """
     from cnnlab.train.distributed import DistContext, is_broken_group
 
@@ -185,26 +186,27 @@ def run_worker(args, train) -> int:
         if main:
             raise
         return 2
-    broken = False
     try:
         with _silenced(not main):
-            return train(args, dist)
+            code = train(args, dist)
     except UserError:
+        dist.close(together=False)
         if main:
             raise
         return 2
     except Exception as err:  # noqa: BLE001 -- only a broken group is handled here
         if not is_broken_group(err):
             raise
-        broken = True
         if NPROC_ENV not in os.environ:  # under --nproc the launcher prints the one line
             print(f"cnnlab train: error: rank {dist.rank}: the process group broke (another "
                   f"process of the job died or stopped answering: {_reason(err)}); the last "
                   "saved last.pt is intact", file=sys.stderr, flush=True)
-        return EXIT_FAILED
-    finally:
-        if not broken:
-            dist.close()
+        sys.stdout.flush()
+        # Leave at once: tearing down a broken gloo/NCCL group can hang or abort, and every
+        # file this process wrote is complete (atomic writes).
+        os._exit(EXIT_FAILED)
+    dist.close()
+    return code
 
 
 def _reason(err) -> str:

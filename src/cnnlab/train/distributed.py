@@ -22,6 +22,7 @@ Every collective is bounded by the process group's timeout (`DEFAULT_TIMEOUT_S`)
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import signal
 from dataclasses import dataclass, field
@@ -113,11 +114,18 @@ class DistContext:
                    restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
                    owns_group=owns)
 
-    def close(self) -> None:
-        """Leave the process group (when this context started it), all processes together."""
-        self.ddp = None  # its reducer holds the group
+    def close(self, together: bool = True) -> None:
+        """Leave the process group (when this context started it); together: all processes
+        at once (a barrier first), else alone (after an error this process alone may have hit:
+        waiting for the others could hang; they see the connection drop)."""
+        # DistributedDataParallel sits in reference cycles; its reducer, freed by the garbage
+        # collector only at interpreter exit, after the group is gone, aborted the process
+        # ("terminate called without an active exception") in about 1 run in 4.
+        self.ddp = None
+        gc.collect()
         if self.owns_group and dist.is_initialized():
-            dist.barrier()  # no process tears its connections down while another still uses them
+            if together:
+                dist.barrier()  # no process drops its connections while another still uses them
             dist.destroy_process_group()
 
     def describe(self) -> dict:
@@ -307,5 +315,6 @@ def check_device(device, local_rank: int) -> torch.device:
         raise UserError("--device cuda requested but no CUDA GPU is available (use --device cpu)")
     if local_rank >= torch.cuda.device_count():
         raise UserError(f"local rank {local_rank} has no GPU: this machine has "
-                        f"{torch.cuda.device_count()}; start at most that many processes per node")
+                        f"{torch.cuda.device_count()}; start at most that many processes per node "
+                        "(or train on the CPU: --device cpu)")
     return torch.device("cuda", local_rank)
