@@ -40,7 +40,7 @@ _CONSEQUENCES = {-signal.SIGTERM, -signal.SIGINT, EXIT_FAILED}
 
 def add_arguments(p) -> None:
     """The data-parallel options of `cnnlab train`."""
-    from cnnlab.train.distributed import DEFAULT_TIMEOUT_S
+    from cnnlab.train.config import DIST_TIMEOUT_S  # no torch: --help stays fast
 
     g = p.add_argument_group("data-parallel training (torch.distributed)")
     g.add_argument("--nproc", type=int, default=None, metavar="N",
@@ -51,9 +51,9 @@ def add_arguments(p) -> None:
     g.add_argument("--max-restarts", type=int, default=0, metavar="K",
                    help="with --nproc: restart the processes up to K times after a failure; the "
                         "restarted run resumes from DIR/last.pt by itself (default 0)")
-    g.add_argument("--dist-timeout", type=float, default=DEFAULT_TIMEOUT_S, metavar="SECONDS",
+    g.add_argument("--dist-timeout", type=float, default=DIST_TIMEOUT_S, metavar="SECONDS",
                    help="a process that waits longer than this for the others (start, any "
-                        f"collective) fails instead of hanging (default {DEFAULT_TIMEOUT_S})")
+                        f"collective) fails instead of hanging (default {DIST_TIMEOUT_S})")
 
 
 def wants_launcher(args) -> bool:

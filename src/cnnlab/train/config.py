@@ -24,6 +24,7 @@ LAB_DEFAULTS = {
     "resnet18-cifar": {"lr": 0.001, "optimizer": "adam", "weight_decay": 0.005},
 }
 OPTIMIZERS = ("sgd", "adam")
+DIST_TIMEOUT_S = 300  # data-parallel: a wait for the other processes longer than this fails
 LOADERS = ("tensor", "torch")
 # a word of a field's annotation -> the Python types it accepts (a bool is no int or float here)
 _ANNOTATION_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),

@@ -16,7 +16,7 @@ The same mathematics as one process with the same global batch:
 
 Only rank 0 writes files and prints; every process computes everything else, so the collectives
 line up. A signal on any process stops all of them after the same step (`AgreedStop`).
-Every collective is bounded by the process group's timeout (`DEFAULT_TIMEOUT_S`).
+Every collective is bounded by the process group's timeout (`--dist-timeout`, config.DIST_TIMEOUT_S).
 """
 
 from __future__ import annotations
@@ -33,12 +33,12 @@ import torch
 import torch.distributed as dist
 
 from cnnlab.errors import UserError
+from cnnlab.train.config import DIST_TIMEOUT_S
 
-DEFAULT_TIMEOUT_S = 300  # a collective (or the group's start) that waits longer fails
 _LAUNCH_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")
 # Words of the errors gloo and NCCL raise when another process of the group died or hung.
-_BROKEN_GROUP_WORDS = ("gloo", "nccl", "connection closed", "connection reset", "timed out",
-                       "broken pipe", "socket")
+_BROKEN_GROUP_WORDS = ("connection closed", "connection reset", "connection refused",
+                       "timed out", "broken pipe", "nccl error", "communicator was aborted")
 
 
 def launched() -> bool:
@@ -82,7 +82,7 @@ class DistContext:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, device="auto", timeout_s: float = DEFAULT_TIMEOUT_S) -> "DistContext":
+    def from_env(cls, device="auto", timeout_s: float = DIST_TIMEOUT_S) -> "DistContext":
         """Join the process group torchrun set up (or the one already started in this process).
 
         device: "auto" (cuda when available), "cpu" or "cuda"; a process takes GPU LOCAL_RANK."""
