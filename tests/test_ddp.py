@@ -28,10 +28,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 
 from cnnlab.train.checkpoint import load_checkpoint
-from train_helpers import ROOT, assert_same_run, load_json_strict, one_thread
+from train_helpers import ROOT, assert_same_run, load_json_strict, one_thread, run_quietly
 
 pytestmark = pytest.mark.slow  # a few torchrun launches, overlapped: ~1 minute on 2 cores
 
@@ -90,15 +89,6 @@ def torchrun(*options):
     return ["-m", "torch.distributed.run", *options, "--local-addr", "127.0.0.1"]
 
 
-def inproc(*args) -> int:
-    import contextlib
-    import io
-
-    from cnnlab.cli import main
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return main([str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ddp")
@@ -108,7 +98,7 @@ def runs(tmp_path_factory):
     adam = [*lenet, "--optimizer", "adam", "--lr", "0.001"]
     bn = ["train", "resnet18", "--data", data, *COMMON, "--lr", "0.001"]
     with one_thread():  # 1 epoch in one process, resumed below by two
-        assert inproc(*sgd, "--epochs", 1, "--out", tmp / "res12") == 0
+        assert run_quietly(*sgd, "--epochs", 1, "--out", tmp / "res12") == 0
     (tmp / "not-a-dir").write_text("a file")
     plan = [
         ("sgd", [*sgd, "--epochs", 2, "--out", tmp / "sgd"]),
@@ -140,14 +130,14 @@ def runs(tmp_path_factory):
     }
     with one_thread():  # the single-process references, while the launches run
         for name, argv in (("sgd", sgd), ("adam", adam), ("bn", bn)):
-            assert inproc(*argv, "--epochs", 2, "--out", tmp / f"one-{name}") == 0
+            assert run_quietly(*argv, "--epochs", 2, "--out", tmp / f"one-{name}") == 0
     r = {"tmp": tmp, **{name: finish(proc) for name, proc in procs.items()}}
     r["ranks"] = [load_json_strict(tmp / f"rank{rank}.json") for rank in (0, 1)] \
         if r["driver"][0] == 0 else None
     r["sigint-last"] = load_checkpoint(tmp / "sigint" / "last.pt")  # as the stop left it
     with one_thread():  # continue two-process runs in one process
-        r["res21-resume"] = inproc(*sgd, "--epochs", 2, "--resume", tmp / "res21")
-        r["sigint-resume"] = inproc(*sgd, "--epochs", 2, "--resume", tmp / "sigint")
+        r["res21-resume"] = run_quietly(*sgd, "--epochs", 2, "--resume", tmp / "res21")
+        r["sigint-resume"] = run_quietly(*sgd, "--epochs", 2, "--resume", tmp / "sigint")
     return r
 
 

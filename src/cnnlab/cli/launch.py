@@ -69,9 +69,8 @@ def launch_training(args, train_checks) -> int:
     """`cnnlab train ... --nproc N`: check here, then run torchrun's launcher on this command.
 
     train_checks(args): the worker's own checks (raise UserError), run here once first."""
-    from cnnlab.train.validate import check_int
-
     from cnnlab.train.distributed import check_device
+    from cnnlab.train.validate import check_int
 
     nproc = check_int("--nproc", args.nproc, 1)
     check_int("--max-restarts", args.max_restarts, 0)
@@ -159,7 +158,10 @@ def _last_checkpoint(cfg, nproc: int) -> str:
     last = Path(cfg.out) / "last.pt"
     if not last.is_file():
         return f"no {last} was written yet"
-    step = load_checkpoint(last).get("step")
+    try:
+        step = load_checkpoint(last).get("step")
+    except UserError as err:  # never seen (atomic writes), but the job's line must still come
+        return f"{last} cannot be read: {err}"
     command = resume_command(cfg.model, cfg.epochs, cfg.out, ["--nproc", str(nproc)])
     return f"{last} holds step {step}: to resume: {command}"
 

@@ -90,13 +90,13 @@ class DistContext:
             raise UserError("not started by torchrun: RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR "
                             "and MASTER_PORT must be set")
         rank, world, local = (int(os.environ[k]) for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+        restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT") or 0)
         where = check_device(device, local)
         backend = "nccl" if where.type == "cuda" else "gloo"
         owns = not dist.is_initialized()
         if owns:
             if where.type == "cuda":
                 torch.cuda.set_device(where)
-            restart = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             store, _, _ = next(dist.rendezvous("env://", timeout=timedelta(seconds=timeout_s)))
             # After a torchrun restart the agent's store still holds the keys of the dead
             # attempt (rank 0's old address): a prefix per attempt keeps them apart.
@@ -111,8 +111,7 @@ class DistContext:
             torch.set_num_threads(1)  # W processes share the cores: one thread each by default
         return cls(rank, world, local, backend, where,
                    launch_id=os.environ.get("TORCHELASTIC_RUN_ID", ""),
-                   restart=int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0),
-                   owns_group=owns)
+                   restart=restart, owns_group=owns)
 
     def close(self, together: bool = True) -> None:
         """Leave the process group (when this context started it); together: all processes
