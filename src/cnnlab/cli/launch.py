@@ -38,6 +38,15 @@ EXIT_FAILED = 1             # a process of the job died or failed
 _CONSEQUENCES = {-signal.SIGTERM, -signal.SIGINT, EXIT_FAILED}
 
 
+HELP = """\
+Data-parallel: `--nproc N` trains on N processes of this machine, as does
+`torchrun --standalone --nproc-per-node N -m cnnlab train MODEL ...`; several machines:
+`torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT
+--rdzv-id ID -m cnnlab train MODEL --out SHARED_DIR ...` on each. Every process trains on its
+shard of each batch: the same result as one process, within float rounding. Rank 0 writes DIR.
+"""
+
+
 def add_arguments(p) -> None:
     """The data-parallel options of `cnnlab train`."""
     from cnnlab.train.config import DIST_TIMEOUT_S  # no torch: --help stays fast

@@ -26,7 +26,8 @@ def register(sub):
     p = sub.add_parser("train", help="train a model on MNIST with the lab's settings",
                        description="Train one of the lab's models on MNIST and test its best "
                                    "checkpoint.",
-                       epilog=EPILOG.format(lrs=lrs) + "\n" + train_safety.RESUME_HELP,
+                       epilog=EPILOG.format(lrs=lrs) + "\n" + train_safety.RESUME_HELP + "\n"
+                       + launch.HELP,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL",
                    help="lenet (custom operators), lenet-native, resnet18-plain, resnet18, "

@@ -156,8 +156,9 @@ def reproduce(options: ReproduceOptions) -> dict:
 
     resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
     _check_out(options.out)
+    # one reproduce at a time in a folder; --nproc P: P processes for the seeds' trainings
     with DirectoryLock(options.out), trainings.training_pool(options) as pool:
-        return _run_phases(options, pool)  # one reproduce at a time in a folder
+        return _run_phases(options, pool)
 
 
 def _run_phases(options: ReproduceOptions, pool=None) -> dict:
