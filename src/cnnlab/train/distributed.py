@@ -135,12 +135,6 @@ class DistContext:
     def _comm_device(self) -> torch.device:
         return self.device if self.backend == "nccl" else torch.device("cpu")
 
-    def sum_values(self, values) -> list[float]:
-        """Each of `values` summed over the processes (float64)."""
-        t = torch.tensor([float(v) for v in values], dtype=torch.float64, device=self._comm_device())
-        dist.all_reduce(t)
-        return t.tolist()
-
     def broadcast_object(self, obj):
         """Rank 0's `obj` on every process."""
         box = [obj]
