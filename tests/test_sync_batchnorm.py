@@ -88,3 +88,18 @@ def test_evaluation_shards_take_every_batch_once():
     seen = [list(BatchShards(batches, rank, 3)) for rank in range(3)]
     assert [len(BatchShards(batches, rank, 3)) for rank in range(3)] == [3, 2, 2]
     assert sorted(int(b[0]) for part in seen for b in part) == list(range(7))
+
+
+@pytest.mark.parametrize("n,batch,ok", [(149, 32, True), (129, 32, False), (1, 32, False),
+                                         (64, 64, True), (3, 2, False), (4, 2, True)])
+def test_every_batch_must_give_each_process_an_image(n, batch, ok):
+    from cnnlab.errors import UserError
+    from cnnlab.train.distributed import DistContext
+
+    ctx = DistContext(rank=0, world_size=2, local_rank=0, backend="gloo",
+                      device=torch.device("cpu"))
+    if ok:
+        ctx.check_batches(n, batch)
+    else:
+        with pytest.raises(UserError, match="2 processes need batches of 2 images at least"):
+            ctx.check_batches(n, batch)

@@ -186,6 +186,17 @@ class DistContext:
             yield self.agree(enter)
 
     # ------------------------------------------------------------ the trainer
+    def check_batches(self, n: int, batch_size: int) -> None:
+        """UserError unless every training batch of n images gives each process one at least
+        (an empty shard is mathematically fine, but the lab's own operators refuse empty
+        batches)."""
+        sizes = {min(batch_size, n), n % batch_size or batch_size}
+        if min(sizes) < self.world_size:
+            raise UserError(f"{self.world_size} processes need batches of {self.world_size} "
+                            f"images at least; {n} training images in batches of {batch_size} "
+                            f"give one of {min(sizes)}: change --batch-size or the number of "
+                            "processes")
+
     def attach(self, runner) -> None:
         """Make `runner` train data-parallel: batch norm over the global batch, its model wrapped
         in DistributedDataParallel (for training; checkpoints keep the plain model's keys), and

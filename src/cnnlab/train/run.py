@@ -82,6 +82,7 @@ def build_run(cfg: TrainConfig, data=None, run_id: str | None = None, dist=None)
                     progress=not cfg.quiet, log=not cfg.quiet, model_spec=spec, config=cfg.to_dict(),
                     run_id=run_id)
     if dist is not None:
+        dist.check_batches(len(data.train), cfg.batch_size)
         dist.attach(runner)
         dev_loader, test_loader = dist.eval_shards(dev_loader), dist.eval_shards(test_loader)
     return runner, data, train_loader, dev_loader, test_loader
