@@ -27,7 +27,7 @@ LAYERS = [
     ("interop", ["cnnlab.interop"]),
     ("report", ["cnnlab.report"]),
     ("explore", ["cnnlab.explore"]),
-    ("cli", ["cnnlab.cli"]),
+    ("cli", ["cnnlab.cli", "cnnlab.__main__"]),
 ]
 
 

@@ -7,8 +7,6 @@ every resume run in fresh processes. The checks compare histories (every step lo
 score), test figures, best.pt / last.pt weights and optimizer state bit for bit.
 """
 
-import contextlib
-import io
 import json
 import shlex
 import signal
@@ -18,7 +16,7 @@ import torch
 
 from cnnlab.errors import CorruptCheckpointError
 from cnnlab.train.checkpoint import load_checkpoint
-from train_helpers import assert_same_run, cli, make_json, one_thread, spawn
+from train_helpers import assert_same_run, cli, make_json, one_thread, run_quietly, spawn
 
 pytestmark = pytest.mark.slow  # a few fresh Python processes: ~1 minute on 2 busy cores
 
@@ -53,12 +51,6 @@ print(json.dumps(codes))
 CLI = "import sys; from cnnlab.cli import main; sys.exit(main(sys.argv[1:]))"
 
 
-def _inproc(*args) -> int:
-    from cnnlab.cli import main
-    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-        return main([str(a) for a in args])
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """Every run of this module, made once: {name: Path or value}."""
@@ -83,11 +75,11 @@ def runs(tmp_path_factory):
     # Uninterrupted baselines and the first halves of "1 epoch + resume", in this process.
     with one_thread():
         for name, loader in (("A", []), ("B", ["--workers", "0"]), ("C", ["--workers", "2"])):
-            assert _inproc(*base, *loader, "--epochs", 2, "--out", tmp / f"{name}_straight") == 0
-            assert _inproc(*base, *loader, "--epochs", 1, "--out", tmp / name) == 0
+            assert run_quietly(*base, *loader, "--epochs", 2, "--out", tmp / f"{name}_straight") == 0
+            assert run_quietly(*base, *loader, "--epochs", 1, "--out", tmp / name) == 0
             r[name] = loader
-        assert _inproc(*base, "--epochs", 3, "--out", tmp / "D_straight") == 0
-        assert _inproc(*base, "--epochs", 4, "--workers", 2, "--out", tmp / "E_straight") == 0
+        assert run_quietly(*base, "--epochs", 3, "--out", tmp / "D_straight") == 0
+        assert run_quietly(*base, "--epochs", 4, "--workers", 2, "--out", tmp / "E_straight") == 0
 
     for name, proc in (("D", p_int), ("F", p_twice), ("E", p_term)):
         out, err = proc.communicate(timeout=300)

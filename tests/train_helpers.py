@@ -44,6 +44,15 @@ def cli(capsys, *args) -> tuple[int, str, str]:
     return code, out, err
 
 
+def run_quietly(*args) -> int:
+    """`cnnlab ARGS` in this process, its output discarded -> exit status."""
+    import io
+
+    from cnnlab.cli import main
+    with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+        return main([str(a) for a in args])
+
+
 def spawn(code: str, *args, env: dict | None = None, stdin=None) -> subprocess.Popen:
     """A fresh Python process running `code` with sys.argv[1:] = args (and extra `env`; stdin:
     subprocess.PIPE to write to it)."""

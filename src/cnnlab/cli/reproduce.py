@@ -32,6 +32,9 @@ def register(sub):
     p.add_argument("--seeds", metavar="N", type=int, default=1,
                    help="train each model with N seeds (100, 101, ...) and report mean ± std, so "
                         "the lab's 'residual beats plain' is tested (default 1)")
+    p.add_argument("--nproc", metavar="P", type=int, default=1,
+                   help="with --seeds N: train P seeds at once, one per process (the cores shared "
+                        "evenly; the same figures as one at a time with that many threads)")
     p.add_argument("--quick", action="store_true",
                    help="short smoke run: tiny data subsets, 1 epoch, short speed table")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"),
@@ -50,7 +53,8 @@ def run(args) -> int:
     from cnnlab.report.reproduce import ReproduceOptions, reproduce
 
     options = ReproduceOptions(out=Path(args.out or "runs/reproduce"), seeds=args.seeds,
-                               quick=args.quick, device=args.device, quiet=args.quiet)
+                               quick=args.quick, device=args.device, quiet=args.quiet,
+                               nproc=args.nproc)
     results = reproduce(options)
     failed = [t["key"] for t in results["timings"] if t["status"] != "ok"]
     return 1 if failed else 0
@@ -60,8 +64,8 @@ def run_part2(args) -> int:
     from cnnlab.errors import UserError
     from cnnlab.report.part2 import Part2Options, reproduce_part2
 
-    if args.seeds != 1:
-        raise UserError("--seeds is for part 1; --part 2 trains each recipe once")
+    if args.seeds != 1 or args.nproc != 1:
+        raise UserError("--seeds and --nproc are for part 1; --part 2 trains each recipe once")
     options = Part2Options(out=Path(args.out or "runs/reproduce-part2"), data=args.data,
                            quick=args.quick, device=args.device, quiet=args.quiet)
     results = reproduce_part2(options)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import argparse
 
-from cnnlab.cli import train_recipe, train_safety
+from cnnlab.cli import launch, train_recipe, train_safety
 from cnnlab.cli.paddle import add_layout_argument
 from cnnlab.data.sources import SOURCE_HELP
 from cnnlab.train.config import LAB_DEFAULTS, TrainConfig
@@ -28,7 +28,7 @@ def register(sub):
                        description="Train one of the lab's models on MNIST (part 1) or CIFAR-10 "
                                    "(part 2) and test its best checkpoint.",
                        epilog=(EPILOG.format(lrs=lrs) + "\n" + train_recipe.epilog() + "\n"
-                               + train_safety.RESUME_HELP),
+                               + train_safety.RESUME_HELP + "\n" + launch.HELP),
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", metavar="MODEL", nargs="?", default=None,
                    help="lenet (custom operators), lenet-native, resnet18-plain, resnet18, "
@@ -69,6 +69,7 @@ def register(sub):
     p.add_argument("--quiet", action="store_true", help="no progress bar and no log lines")
     train_recipe.add_arguments(p)  # --recipe, --subset, --ops, --amp, --compile, --tta, ...
     train_safety.add_arguments(p)  # --resume, --workers, --deterministic, --skip-nonfinite
+    launch.add_arguments(p)        # --nproc, --max-restarts, --dist-timeout
     p.set_defaults(func=run)
 
 
@@ -115,13 +116,36 @@ def read_init(args) -> tuple[dict | None, dict]:
 
 
 def run(args) -> int:
-    from cnnlab.train.run import train_run
+    from cnnlab.train.distributed import launched
 
-    # Resolved and checked before any work; --resume takes the stored run's settings.
+    if launch.wants_launcher(args):  # --nproc N: start torchrun's launcher on this command
+        return launch.launch_training(args, lambda a: checked_settings(a)[1:])
+    if launched():  # a process started by torchrun: data-parallel
+        return launch.run_worker(args, _train)
+    return _train(args, None)
+
+
+def checked_settings(args, dist=None):
+    """-> (initial weights or None, resolved TrainConfig, resume payload or None), every input
+    checked before any work; --resume takes the stored run's settings. Data-parallel (`dist`):
+    after a torchrun restart the run resumes from its own last.pt."""
     train_recipe.fill_model(args)
+    if dist is not None and not args.resume:
+        launch.resume_after_restart(args, dist, config_from_args(args).resolved().out)
     init_state, init_kwargs = read_init(args)
     cfg, resume = train_safety.prepare(args, config_from_args(args, init_kwargs))
-    results = train_safety.call(train_run, cfg, resume, args, init_state)
+    return init_state, cfg, resume
+
+
+def _train(args, dist) -> int:
+    from cnnlab.train.run import train_run
+
+    if dist is None:
+        init_state, cfg, resume = checked_settings(args)
+    else:  # every process checks; a refusal anywhere stops them all
+        init_state, cfg, resume = dist.agree(lambda: checked_settings(args, dist))
+        dist.check_same("settings", launch.settings_fingerprint(cfg, resume))
+    results = train_safety.call(train_run, cfg, resume, args, init_state, dist=dist)
     if isinstance(results, int):  # stopped by a signal (130/143) or a NaN loss (3)
         return results
     if not args.quiet:

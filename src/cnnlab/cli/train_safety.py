@@ -90,16 +90,16 @@ def prepare(args, cfg):
     return TrainConfig.from_dict(resumed).resolved(), payload
 
 
-def call(train_run, cfg, resume, args, init_state=None):
+def call(train_run, cfg, resume, args, init_state=None, dist=None):
     """Run `train_run(cfg, resume=resume, ...)` -> its results dict, or an exit status (int)
-    after printing why it stopped."""
+    after printing why it stopped. dist: the data-parallel context, if any."""
     from cnnlab.train.guard import NonFiniteLossError, TrainingStopped
     from cnnlab.train.resume import resume_command
 
     out = Path(cfg.out)
     try:
         return train_run(cfg, resume=resume, init_state=init_state,
-                         overwrite=getattr(args, "overwrite", False))
+                         overwrite=getattr(args, "overwrite", False), dist=dist)
     except TrainingStopped as stop:
         extra = []
         if args.workers is not None:
@@ -108,6 +108,8 @@ def call(train_run, cfg, resume, args, init_state=None):
             extra += ["--device", args.device]
         if args.quiet:
             extra.append("--quiet")
+        if getattr(args, "nproc", None):
+            extra += ["--nproc", str(args.nproc)]
         where = f"saved {stop.checkpoint}" if stop.checkpoint else "no new checkpoint could be saved"
         print(f"cnnlab train: stopped by {stop.signal_name} at step {stop.step} (epoch "
               f"{stop.epoch + 1}); {where}", file=sys.stderr)

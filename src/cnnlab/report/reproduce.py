@@ -48,11 +48,13 @@ class ReproduceOptions:
     quick: bool = False     # smoke version: tiny data subsets, 1 epoch, short speed table
     device: str = "auto"
     quiet: bool = False
+    nproc: int = 1          # the seeds' trainings of a model run in this many processes at once
 
     def __post_init__(self):
         self.out = Path(self.out)
-        if isinstance(self.seeds, bool) or not isinstance(self.seeds, int) or self.seeds < 1:
-            raise UserError(f"--seeds must be a positive integer, got {self.seeds!r}")
+        for flag, value in (("--seeds", self.seeds), ("--nproc", self.nproc)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise UserError(f"{flag} must be a positive integer, got {value!r}")
 
 
 @dataclass
@@ -64,6 +66,7 @@ class Context:
     console: object
     results: dict = field(default_factory=dict)
     data: object = None
+    pool: object = None  # (process pool, threads per process) for --nproc, see trainings.py
 
     @property
     def out(self) -> Path:
@@ -157,14 +160,15 @@ def reproduce(options: ReproduceOptions) -> dict:
 
     resolve_device(options.device)  # "cuda" without a GPU: one line, exit 2, before any work
     check_out(options.out)
-    with DirectoryLock(options.out):  # one reproduce at a time in a folder
-        return _run_phases(options)
+    # one reproduce at a time in a folder; --nproc P: P processes for the seeds' trainings
+    with DirectoryLock(options.out), trainings.training_pool(options) as pool:
+        return _run_phases(options, pool)
 
 
-def _run_phases(options: ReproduceOptions) -> dict:
+def _run_phases(options: ReproduceOptions, pool=None) -> dict:
     started = time.perf_counter()
     after_imports = peak_rss_bytes()  # torch + torchvision loaded by this module's imports
-    ctx = Context(options, _console(options.quiet))
+    ctx = Context(options, _console(options.quiet), pool=pool)
     timings = run_phases(ctx, PHASES)
     total = time.perf_counter() - started
     results = {

@@ -9,6 +9,8 @@ has the layout of `cnnlab train --out`. The data is loaded once and shared by al
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import math
 import statistics
 
@@ -41,21 +43,21 @@ def _subset(data, sizes):
     return MnistData(*parts, source=data.source, split=f"{data.split} (quick subset)")
 
 
-def _train_one(ctx, name: str, seed: int) -> dict:
-    """One training with the lab's settings (TrainConfig's per-model defaults) -> its figures."""
+def _train_one(opts, all_data, name: str, seed: int, threads: int | None = None) -> dict:
+    """One training with the lab's settings (TrainConfig's per-model defaults) -> its figures.
+    A top-level function of plain arguments: `--nproc` runs it in a pool's processes."""
     import json
 
     from cnnlab.train.config import TrainConfig
     from cnnlab.train.run import train_run
 
-    opts = ctx.options
     folder = run_dir(opts, name, seed)
-    data = _subset(ctx.data, QUICK_SIZES) if opts.quick else ctx.data
+    data = _subset(all_data, QUICK_SIZES) if opts.quick else all_data
     extra = {}
     if opts.quick:
         extra = {"epochs": QUICK_EPOCHS, "batch_size": QUICK_BATCH, "eval_steps": 1, "log_steps": 1}
     config = TrainConfig(model=name, seed=seed, out=str(folder), device=opts.device,
-                         quiet=opts.quiet, **extra)
+                         quiet=opts.quiet, threads=threads, **extra)
     # The data is loaded once and shared by every training; a run of an earlier reproduce in
     # the same folder is replaced.
     run = train_run(config, data=data, overwrite=True)
@@ -72,6 +74,25 @@ def _train_one(ctx, name: str, seed: int) -> dict:
     }
 
 
+@contextlib.contextmanager
+def training_pool(options):
+    """(a process pool, torch threads per process) for `--nproc P` > 1, else None: P trainings
+    at once, each independent and deterministic given its thread count (the cores shared
+    evenly; `spawn`: no forked torch state)."""
+    if options.nproc <= 1 or options.seeds <= 1:
+        yield None
+        return
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    import torch
+
+    workers = min(options.nproc, options.seeds)
+    threads = max(1, torch.get_num_threads() // workers)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool, threads
+
+
 def _mean_std(values):
     values = [v for v in values if v is not None]
     if not values:
@@ -84,7 +105,15 @@ def training_phase(name: str):
     """The phase function for one model: every seed, then mean +- std over seeds."""
 
     def phase(ctx) -> dict:
-        runs = [_train_one(ctx, name, seed) for seed in seeds_for(ctx.options)]
+        seeds = seeds_for(ctx.options)
+        if ctx.pool is not None and len(seeds) > 1:  # --nproc P: a seed per process
+            pool, threads = ctx.pool
+            quiet = dataclasses.replace(ctx.options, quiet=True)  # P trainings would interleave
+            futures = [pool.submit(_train_one, quiet, ctx.data, name, seed, threads)
+                       for seed in seeds]
+            runs = [future.result() for future in futures]
+        else:
+            runs = [_train_one(ctx.options, ctx.data, name, seed) for seed in seeds]
         stats = {}
         for key in ("test_acc", "test_loss", "best_dev", "wall_s"):
             mean, std = _mean_std([r[key] for r in runs])

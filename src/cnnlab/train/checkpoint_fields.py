@@ -203,6 +203,16 @@ def _skipped_steps(value):
         _fail("skipped_steps", "a list of step numbers", value)
 
 
+def _distributed(value):
+    """The data-parallel run that wrote it (train/distributed.py `DistContext.describe`)."""
+    _dict("distributed", value, ("world_size", "backend", "launch_id"))
+    if not (_is_int(value["world_size"]) and value["world_size"] >= 1):
+        _fail("distributed.world_size", "an integer >= 1", value["world_size"])
+    for key in ("backend", "launch_id"):
+        if not isinstance(value[key], str):
+            _fail(f"distributed.{key}", "a string", value[key])
+
+
 def _resumable(value):
     if not isinstance(value, bool):
         _fail("resumable", "True or False", value)
@@ -217,7 +227,7 @@ _CHECKS = {
     "scheduler": _scheduler, "rng": _rng, "resumable": _resumable, "grad_scaler": _grad_scaler,
     "epoch_step": lambda v: _count("epoch_step", v),
     "steps_per_epoch": lambda v: _count("steps_per_epoch", v),
-    "skipped_steps": _skipped_steps,
+    "skipped_steps": _skipped_steps, "distributed": _distributed,
 }
 
 

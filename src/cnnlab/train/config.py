@@ -40,6 +40,7 @@ BASE = {"epochs": 5, "batch_size": 64, "seed": 100, "log_steps": 15, "eval_steps
 OPTIMIZERS = ("sgd", "adam")
 AUGMENTS = ("none", "crop-flip")
 AMP_MODES = ("off", "bf16", "fp16", "auto")
+DIST_TIMEOUT_S = 300  # data-parallel: a wait for the other processes longer than this fails
 LOADERS = ("tensor", "torch")
 # a word of a field's annotation -> the Python types it accepts (a bool is no int or float here)
 _ANNOTATION_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,),

@@ -50,10 +50,13 @@ class TrainingStopped(CnnlabError):
 class TrainGuard:
     """last_path: where `last.pt` goes (None: no resumable checkpoints); stop: an object with
     `.requested`, `.signum`, `.signal_name` (a `StopOnSignal`); skip_nonfinite: skip a step
-    whose loss is NaN/inf instead of stopping; log: print(line) for messages."""
+    whose loss is NaN/inf instead of stopping; log: print(line) for messages; writes: False on
+    the processes of a data-parallel run other than rank 0 (they check everything alike but
+    write nothing)."""
 
-    def __init__(self, last_path=None, stop=None, skip_nonfinite=False, log=None):
+    def __init__(self, last_path=None, stop=None, skip_nonfinite=False, log=None, writes=True):
         self.last_path = Path(last_path) if last_path is not None else None
+        self.writes = writes
         self.stop = stop
         self.skip_nonfinite = skip_nonfinite
         self.log = log or (lambda line: print(line, file=sys.stderr, flush=True))
@@ -113,9 +116,10 @@ class TrainGuard:
             return None
         start = time.perf_counter()
         check_finite_weights(runner.model, runner.global_step)
-        payload = runner._checkpoint_payload(full=True)
-        payload.update(self.resume_state(runner))
-        save_checkpoint(self.last_path, payload)
+        if self.writes:
+            payload = runner._checkpoint_payload(full=True)
+            payload.update(self.resume_state(runner))
+            save_checkpoint(self.last_path, payload)
         self.last_saved_step = runner.global_step
         if hasattr(runner, "timings"):  # saving is not training: img/s leave it out
             runner.timings["save_s"] += time.perf_counter() - start
@@ -163,7 +167,9 @@ def train_guarded(runner, guard: TrainGuard, *args, **kwargs):
     """
     from cnnlab.train.signals import StopOnSignal
 
-    with StopOnSignal() as stop:
+    with StopOnSignal() as local_stop:
+        # data-parallel: every process reads the same stop decision, after the same step
+        stop = runner.dist.agreed_stop(local_stop) if runner.dist is not None else local_stop
         guard.stop = stop
         runner.guard = guard
         try:
@@ -191,7 +197,8 @@ def safe_train(runner, cfg, out, data, train_loader, dev_loader, resume: dict | 
     parts = {f"{name} set": getattr(data, name, None) for name in ("train", "dev", "test")}
     check_data_for_model(runner.model, parts, cfg.model)
     save_path = Path(save_path) if save_path is not None else out / "best.pt"
-    guard = TrainGuard(out / "last.pt", skip_nonfinite=getattr(cfg, "skip_nonfinite", False))
+    guard = TrainGuard(out / "last.pt", skip_nonfinite=getattr(cfg, "skip_nonfinite", False),
+                       writes=runner.dist is None or runner.dist.is_main)
     if resume is not None:
         restore_run(runner, resume, train_loader, guard, best_path=save_path)
         if not getattr(cfg, "quiet", False):

@@ -61,8 +61,10 @@ def make_loader(dataset, batch_size, shuffle=False, generator=None, kind="tensor
                                        worker_init_fn=seed_worker if num_workers else None)
 
 
-def build_run(cfg: TrainConfig, data=None, run_id: str | None = None):
-    """-> (runner, data, train_loader, dev_loader, test_loader) for a resolved config."""
+def build_run(cfg: TrainConfig, data=None, run_id: str | None = None, dist=None):
+    """-> (runner, data, train_loader, dev_loader, test_loader) for a resolved config; with
+    `dist` (a `cnnlab.train.distributed.DistContext`) the runner trains data-parallel and the
+    dev/test loaders give this process its share of the batches."""
     from cnnlab.models import build_model, full_kwargs
 
     data = data if data is not None else prepare_data(cfg)
@@ -85,10 +87,15 @@ def build_run(cfg: TrainConfig, data=None, run_id: str | None = None):
     # Every builder argument is recorded: a later change of a builder default cannot change
     # what a checkpoint rebuilds.
     spec = {"name": cfg.model, "kwargs": kwargs}
-    runner = Runner(model, optimizer, F.cross_entropy, Accuracy(is_logits=True), device=cfg.device,
+    runner = Runner(model, optimizer, F.cross_entropy, Accuracy(is_logits=True),
+                    device=cfg.device if dist is None else dist.device,
                     progress=not cfg.quiet, log=not cfg.quiet, model_spec=spec, config=cfg.to_dict(),
                     run_id=run_id)
     configure_runner(runner, cfg, data.train.images, len(train_loader))
+    if dist is not None:  # after configure_runner: DDP wraps the model as it will train
+        dist.check_batches(len(data.train), cfg.batch_size)
+        dist.attach(runner)
+        dev_loader, test_loader = dist.eval_shards(dev_loader), dist.eval_shards(test_loader)
     return runner, data, train_loader, dev_loader, test_loader
 
 
@@ -107,7 +114,7 @@ def prepare_data(cfg: TrainConfig, data=None):
 
 
 def train_run(config: TrainConfig, data=None, resume=None, init_state=None,
-              overwrite: bool = False) -> dict:
+              overwrite: bool = False, dist=None) -> dict:
     """Train, keep the best model, test it, write the run directory -> results dict.
 
     resume: a payload from `cnnlab.train.resume.load_resume` to continue (`config` is then the
@@ -118,24 +125,32 @@ def train_run(config: TrainConfig, data=None, resume=None, init_state=None,
     handled by `cnnlab.train.guard.safe_train`.
 
     `data` may be a preloaded `MnistData` (the reproduce command shares one between runs).
+    dist: a `cnnlab.train.distributed.DistContext` to train data-parallel (every process calls
+    train_run alike; rank 0 alone locks the directory and writes).
     """
     t_start = time.perf_counter()
     cfg = config.resolved()
     if cfg.init and resume is None and init_state is None:
         raise ValueError(f"config.init is {cfg.init!r}: pass its weights as init_state")
     run_id = resume["run_id"] if resume is not None else new_run_id()
-    with run_directory(cfg.out, resuming=resume is not None, overwrite=overwrite) as out:
-        return _train_into(out, cfg, data, resume, init_state, run_id, t_start)
+    directory = run_directory
+    if dist is not None:
+        run_id = dist.broadcast_object(run_id)  # rank 0's: one run, one id
+        directory = dist.run_directory
+    with directory(cfg.out, resuming=resume is not None, overwrite=overwrite) as out:
+        return _train_into(out, cfg, data, resume, init_state, run_id, t_start, dist)
 
 
-def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t_start) -> dict:
+def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t_start,
+                dist=None) -> dict:
+    writes = dist is None or dist.is_main
     phases = {}
     t = time.perf_counter()
     data = prepare_data(cfg, data)
     phases["data_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
-    runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data, run_id)
+    runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data, run_id, dist)
     if init_state is not None and resume is None:  # a resumed run restores its own weights
         load_state_strict(runner.model, init_state, source=f"initial weights {cfg.init}")
     phases["build_s"] = time.perf_counter() - t
@@ -149,13 +164,14 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
     phases["train_save_s"] = runner.timings["save_s"]
 
     t = time.perf_counter()
-    runner.write_history(out / "history.json")
-    plot_training_loss_acc(runner, out / "curves.png")
+    if writes:
+        runner.write_history(out / "history.json")
+        plot_training_loss_acc(runner, out / "curves.png")
     phases["outputs_s"] = time.perf_counter() - t
 
     # Test the best model, as the lab does; with no finite dev score there is none: test the last.
     t = time.perf_counter()
-    tested = "best" if runner.best_step is not None and _load_own_best(runner, best_path) else "last"
+    tested = "best" if _load_best_for_test(runner, best_path, dist) else "last"
     test_score, test_loss = runner.evaluate(test_loader)
     phases["test_s"] = time.perf_counter() - t
     if not cfg.quiet:
@@ -181,9 +197,12 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
         "files": {name: str(out / name) for name in
                   ("best.pt", "last.pt", "history.json", "curves.png", "run.json")},
     }
+    if dist is not None:
+        results["distributed"] = dist.describe()
     wall = time.perf_counter() - t_start
     results["wall_s"] = round(wall, 3)
-    write_run_json(out / "run.json", cfg.to_dict(), results, wall, run_id=run_id)
+    if writes:
+        write_run_json(out / "run.json", cfg.to_dict(), results, wall, run_id=run_id)
     return results
 
 
@@ -196,6 +215,18 @@ def _images_per_second(phases, first_step, last_step, n, batch):
                  for s in range(first_step, last_step))
     steps_s = phases["train_s"] - phases["train_eval_s"] - phases["train_save_s"]
     return round(images / steps_s, 1) if images and steps_s > 0 else None
+
+
+def _load_best_for_test(runner, best_path: Path, dist) -> bool:
+    """Load this run's best.pt for the test -> whether there was one; data-parallel: rank 0
+    reads it and sends its weights to every process."""
+    loaded = (dist is None or dist.is_main) and runner.best_step is not None and \
+        _load_own_best(runner, best_path)
+    if dist is not None:
+        loaded = dist.broadcast_object(loaded)
+        if loaded:
+            dist.broadcast_state(runner.model)
+    return bool(loaded)
 
 
 def _load_own_best(runner, best_path: Path) -> bool:

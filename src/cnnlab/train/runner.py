@@ -78,6 +78,7 @@ class Runner:
         self.eval_loss_fn = None         # None: loss_fn
         self.tta = False
         self.scheduler_per_step = False
+        self.dist = None   # optional cnnlab.train.distributed.DistContext: data-parallel training
         self.reset_state()
 
     # ------------------------------------------------------------------ state
@@ -159,10 +160,14 @@ class Runner:
                  "best_score": None if self.best_score == -math.inf else self.best_score}
         if full:
             extra.update(self.state_dict())
+        if self.dist is not None:
+            extra["distributed"] = self.dist.describe()
         return ckpt.model_payload(self.model_spec["name"], self.model_spec.get("kwargs", {}),
                                   self.model, **extra)
 
     def save_model(self, path, full: bool = False) -> Path:
+        if self.dist is not None and not self.dist.is_main:
+            return Path(path)  # data-parallel: rank 0 writes (every process holds the same model)
         return ckpt.save_checkpoint(path, self._checkpoint_payload(full=full))
 
     def load_model(self, path):
@@ -216,12 +221,16 @@ class Runner:
             x = self.batch_transform(x, train=True)
         step = self.global_step
         with self.precision.autocast():
-            loss = self.loss_fn(self.model(x), y)
-        if self.guard is not None and not self.guard.loss_ok(self, loss, step):
+            if self.dist is not None:  # data-parallel: this process's shard, its loss scaled
+                loss, shown, n = self.dist.forward_loss(self, x, y)
+            else:
+                loss = self.loss_fn(self.model(x), y)
+                shown, n = loss, y.shape[0]
+        if self.guard is not None and not self.guard.loss_ok(self, shown, step):
             self.global_step += 1  # a non-finite loss, skipped on request: no update
             return
         # Losses stay tensors until a log/eval/epoch end needs them: no sync on every step.
-        self._pending.append((step, loss.detach(), y.shape[0]))
+        self._pending.append((step, shown.detach(), n))
         if self._log_steps and step % self._log_steps == 0:
             self._flush()
             self._print(f"[Train] epoch: {self.epoch}/{self._num_epochs}, step: {step}/"
@@ -298,6 +307,8 @@ class Runner:
             self.metric.update(logits, y)
             n += y.shape[0]
         self.model.train(was_training)
+        if self.dist is not None:  # each process saw its share of the batches: sum them all
+            total_loss, n = self.dist.reduce_evaluation(self.metric, total_loss, n)
         if n == 0:
             raise UserError("cannot evaluate on an empty data set")
         score = float(self.metric.accumulate())
