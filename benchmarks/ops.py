@@ -19,7 +19,7 @@ import contextlib
 import json
 import sys
 
-from cnnlab.analysis import speed, tuned
+from cnnlab.analysis import memory, speed, tuned
 
 from _timing_args import add_timing_arguments, apply_timing_arguments, print_header
 
@@ -58,7 +58,7 @@ def main(argv=None):
         ref_batch = 2 if args.quick else 8
         out["reference"] = {"batch": ref_batch, **speed.measure_reference(ref_batch, args.device)}
     if "memory" not in args.skip:
-        out["memory"] = speed.measure_memory(args.batch, args.device)
+        out["memory"] = memory.measure_memory(args.batch, args.device)
     if args.json:
         print(json.dumps(out, indent=1))
         return 0

@@ -4,7 +4,7 @@ Every figure is a ratio from one run of interleaved repetitions (A, B, B, A, A, 
 from other processes hits both sides alike; the reported ratio is the median of the per-pair
 ratios, the times are medians too. Forward + backward (gradients of x, weight and bias; with
 `dx_first=False` no dx for a model's first layer, as in training), float32.
-Used by `benchmarks/ops.py`, `benchmarks/models.py`, the report (`run_report_table`) and
+Used by `benchmarks/ops.py`, `benchmarks/models.py`, the report and
 `cnnlab.analysis.tuned` (the autotuner's figures).
 """
 
@@ -12,14 +12,11 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import json
 import math
 import os
 import statistics
-import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 import torch
 
@@ -346,76 +343,6 @@ def measure_models(batch=64, device="cpu", reps=5, quick=False, names=None) -> d
     return summarize(rows)
 
 
-# ------------------------------------------------------------------------------ memory
-
-def _largest(shapes):
-    """The shape with the most activation values (input + output): the biggest memory user."""
-    def size(s):
-        ho = (s.h + 2 * s.pad - s.k) // s.s + 1
-        return s.d * s.h * s.h + s.p * ho * ho
-    return max(shapes, key=size)
-
-
-def peak_memory(shape: ConvShape, impl: str, batch: int, device="cpu") -> int:
-    """Extra bytes at the peak of one conv forward+backward, beyond the inputs already held.
-
-    CPU: a fresh child process (peak RSS minus RSS before the step, so torch's and oneDNN's
-    private buffers count too). CUDA: torch.cuda.max_memory_allocated around the step.
-    The fast conv runs the algorithm `algorithm()` names (pinned: no tuning inside the step).
-    """
-    pins = {conv_key(shape, batch): algorithm(shape, batch)}
-    if torch.device(device).type == "cuda":
-        step = conv_step(shape, impl, batch, torch.device(device))
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        with autotune.pinned(pins):
-            step()
-        torch.cuda.synchronize()
-        return torch.cuda.max_memory_allocated() - base
-    code = ("import json,sys; from cnnlab.analysis import speed; "
-            "print(json.dumps(speed._child_peak(json.loads(sys.argv[1]), sys.argv[2], "
-            "int(sys.argv[3]), json.loads(sys.argv[4]))))")
-    out = subprocess.run([sys.executable, "-c", code, json.dumps(asdict(shape)), impl, str(batch),
-                          json.dumps(pins)], capture_output=True, text=True, check=True)
-    return int(json.loads(out.stdout.strip().splitlines()[-1]))
-
-
-def _status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
-
-def _child_peak(shape_dict, impl, batch, pins=None):
-    """Peak RSS growth (bytes) of one conv forward+backward, in this (fresh) process."""
-    autotune.pin(pins or {})
-    autotune.set_mode("cached")         # the warm-up's batch-1 key: never timed here
-    shape = ConvShape(**shape_dict)
-    conv_step(shape, impl, 1, torch.device("cpu"))()    # one-time set-up (kernels, thread pool)
-    step = conv_step(shape, impl, batch, torch.device("cpu"))
-    try:
-        # Reset the peak (VmHWM) to the current RSS, so library pages dropped from memory by
-        # other processes' pressure before the step cannot make the growth look larger.
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-    base = _status_kib("VmRSS")
-    step()
-    return (_status_kib("VmHWM") - base) * 1024
-
-
-def measure_memory(batch=64, device="cpu") -> dict:
-    shape = _largest(conv_shapes())
-    native = peak_memory(shape, "native", batch, device)
-    fast = peak_memory(shape, "fast", batch, device)
-    return {"shape": shape.label(), "where": shape.where, "native_bytes": native,
-            "fast_bytes": fast, "ratio": fast / max(1, native)}
-
-
 # ------------------------------------------------------------------------------ report
 
 def environment(device="cpu") -> dict:
@@ -426,22 +353,6 @@ def environment(device="cpu") -> dict:
             "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "clock": clock,
             "autotune": autotune.mode(),
             "load_average": os.getloadavg()[0] if hasattr(os, "getloadavg") else None}
-
-
-def run_report_table(quick=False, batch=64, device="cpu") -> dict:
-    """Everything the report shows: conv and pool tables, reference loops, peak memory.
-
-    {"environment": {...}, "batch": int, "conv": {"rows": [...], "geomean", "worst", "best"},
-     "pool": {...same...}, "reference": {...same, batch 8...}, "memory": {"shape", "native_bytes",
-     "fast_bytes", "ratio"}}. Rows: shape, where, native_ms, fast_ms, ratio, algorithm.
-    """
-    if quick:
-        batch = min(batch, 16)
-    return {"environment": environment(device), "batch": batch,
-            "conv": measure(batch, device, quick=quick),
-            "pool": measure_pool(batch, device, quick=quick),
-            "reference": {"batch": 2 if quick else 8, **measure_reference(2 if quick else 8, device)},
-            "memory": measure_memory(batch, device)}
 
 
 def format_table(title, table, impl_name="fast") -> str:

@@ -26,15 +26,16 @@ from cnnlab.errors import UserError
 from cnnlab.data.mnist import preprocess
 
 
-def load_image(path) -> Image.Image:
-    """Open an image file as a grey PIL image; unreadable files raise a one-line UserError."""
+def load_image(path, mode: str = "L") -> Image.Image:
+    """Open an image file as a PIL image of `mode` ("L": grey, for MNIST models; "RGB": for
+    CIFAR-10 models), transparent areas on white; an unreadable file is a one-line UserError."""
     path = Path(path)
     if not path.is_file():
         raise UserError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
             img.load()
-            return flatten_alpha(img).convert("L")
+            return flatten_alpha(img).convert(mode)
     except (UnidentifiedImageError, OSError, ValueError) as err:
         raise UserError(f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP, GIF or "
                         "other image file Pillow can open") from err
@@ -67,18 +68,8 @@ def image_batch(paths, invert="auto") -> torch.Tensor:
 
 
 def load_rgb_image(path) -> Image.Image:
-    """Open an image file as an RGB PIL image (for a CIFAR-10 model), transparent areas on
-    white; unreadable files raise a one-line UserError, as `load_image`."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image not found: {path}")
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return flatten_alpha(img).convert("RGB")
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise UserError(f"cannot read image {path}: {err}; expected a PNG, JPEG, BMP, GIF or "
-                        "other image file Pillow can open") from err
+    """`load_image` in RGB, for a CIFAR-10 model."""
+    return load_image(path, "RGB")
 
 
 def prepare_rgb_image(img: Image.Image, size: int = 32) -> torch.Tensor:
