@@ -79,6 +79,9 @@ class Runner:
         self.tta = False
         self.scheduler_per_step = False
         self.dist = None   # optional cnnlab.train.distributed.DistContext: data-parallel training
+        # optional cnnlab.train.algorithms.RunAlgorithms: the fast operators' algorithms this
+        # run used, stored in every checkpoint (a resumed run pins them)
+        self.algorithms = None
         self.reset_state()
 
     # ------------------------------------------------------------------ state
@@ -162,6 +165,8 @@ class Runner:
             extra.update(self.state_dict())
         if self.dist is not None:
             extra["distributed"] = self.dist.describe()
+        if self.algorithms is not None:
+            extra["algorithms"] = self.algorithms.record()
         return ckpt.model_payload(self.model_spec["name"], self.model_spec.get("kwargs", {}),
                                   self.model, **extra)
 
