@@ -155,7 +155,8 @@ class Runner:
     def _checkpoint_payload(self, full: bool = False) -> dict:
         """The one place a checkpoint payload is built.
 
-        full=False (best.pt): weights, model spec, config, and the step/score they belong to.
+        full=False (best.pt): weights, model spec, config, the step/score they belong to, and
+        the fast operators' algorithms used so far (`algorithms`, when set).
         full=True: also the whole trainer `state_dict()` (optimizer, scheduler, histories).
         """
         extra = {"run_id": self.run_id, "config": self.config, "step": self.global_step,
