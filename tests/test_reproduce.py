@@ -125,6 +125,10 @@ def test_quick_run_results_match_the_lab_and_its_own_files(quick_run):
     assert b["command_wall_s"] >= b["total_wall_s"] >= sum(t["wall_s"] for t in results["timings"])
     # torch alone takes well over 100 MB; the peak includes it
     assert b["peak_rss_gb"] * 1e9 >= results["resources"]["after_imports_bytes"] > 100e6
+    # the tests run with the autotuner off (conftest): nothing timed, in the report too
+    assert (b["autotune_mode"], b["keys_tuned"], b["tune_s"], b["trainings_tune_s"]) == \
+        ("off", 0, 0.0, 0.0)
+    assert "**Autotuner** (mode off): 0.00 s" in (out / "report.md").read_text()
 
 
 @pytest.mark.slow

@@ -44,6 +44,8 @@ Data-parallel: `--nproc N` trains on N processes of this machine, as does
 `torchrun --nnodes M --nproc-per-node N --rdzv-backend c10d --rdzv-endpoint HOST:PORT
 --rdzv-id ID -m cnnlab train MODEL --out SHARED_DIR ...` on each. Every process trains on its
 shard of each batch: the same result as one process, within float rounding. Rank 0 writes DIR.
+Every process runs the fast operators' rules (not the autotuner: timing on each process could
+choose differently), or a resumed run's recorded algorithms.
 """
 
 

@@ -16,9 +16,10 @@ learning rate per model: {lrs}. The bundled data is the 5,000 MNIST images shipp
 split "lab" = 1000 train / 200 dev / 200 test (split "full" = 4000/500/500).
 
 Writes DIR/best.pt (best dev score), DIR/last.pt (resumable), DIR/history.json, DIR/curves.png
-and DIR/run.json (config, versions, hardware, wall time, best dev and test metrics), each with the
-run's id. DIR defaults to runs/MODEL. A DIR that holds another run is refused unless --resume
-(continue it) or --overwrite (replace it); one training at a time writes to a DIR.
+and DIR/run.json (config, versions, hardware, wall time, best dev and test metrics, each fast
+layer's algorithm), each with the run's id. DIR defaults to runs/MODEL. A DIR that holds another
+run is refused unless --resume (continue it) or --overwrite (replace it); one training at a time
+writes to a DIR.
 """
 
 

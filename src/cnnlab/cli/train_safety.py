@@ -27,6 +27,14 @@ Interrupting: Ctrl-C or SIGTERM finishes the current step, saves DIR/last.pt and
 command that resumes (exit status 130 / 143); a second signal quits at once. DIR/last.pt is
 also written at every evaluation and epoch end, atomically. A NaN/inf loss stops the run with
 exit status 3 (or is skipped with --skip-nonfinite); NaN weights are never saved.
+
+Algorithms: cnnlab's fast conv/pool layers have several exact algorithms that round differently
+(last bits). The autotuner picks them (CNNLAB_AUTOTUNE=on|cached|off, `cnnlab tune`);
+--deterministic and data-parallel runs use the rules instead (CNNLAB_AUTOTUNE=off: they depend
+on the shapes only, so reruns and processes agree whatever the tuner's cache holds). DIR/run.json
+names each layer's algorithm ("algorithms"); last.pt and best.pt record them, and --resume pins
+them before the first step, so a resumed run computes what the first did even after the cache or
+cnnlab's rules changed.
 """
 
 
@@ -35,7 +43,8 @@ def add_arguments(p) -> None:
     g = p.add_argument_group("resuming and safety")
     g.add_argument("--resume", metavar="DIR_OR_CKPT", default=None,
                    help="continue the run in DIR (its last.pt) or from a last.pt file, up to "
-                        "--epochs epochs in total; the run keeps its own settings and directory")
+                        "--epochs epochs in total; the run keeps its own settings, directory "
+                        "and fast-operator algorithms (recorded in last.pt)")
     g.add_argument("--overwrite", action="store_true",
                    help="start afresh in a DIR that holds another run: its best.pt, last.pt, "
                         "history.json, curves.png and run.json are removed first (nothing else)")
@@ -43,8 +52,9 @@ def add_arguments(p) -> None:
                    help="load batches with torch's DataLoader and N worker processes (default: "
                         "batches straight from the cached tensors; same batches either way)")
     g.add_argument("--deterministic", action="store_true",
-                   help="seed everything and use only deterministic torch algorithms "
-                        "(bit-identical reruns and resumes on CPU)")
+                   help="seed everything, use only deterministic torch algorithms, and the "
+                        "fast operators' rules rather than the autotuner's measured choices "
+                        "(bit-identical reruns and resumes on CPU, whatever the tuner's cache)")
     g.add_argument("--skip-nonfinite", action="store_true",
                    help="skip a step whose loss is NaN/inf instead of stopping (exit status 3)")
     p.set_defaults(_train_parser=p)

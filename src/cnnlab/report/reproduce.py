@@ -35,6 +35,7 @@ import torch
 
 from cnnlab.atomic import DirectoryLock, write_json, write_text
 from cnnlab.errors import UserError
+from cnnlab.ops import autotune
 from cnnlab.runinfo import peak_rss_bytes
 from cnnlab.report import lab_figures as lab
 from cnnlab.report import phases, trainings
@@ -169,8 +170,10 @@ def _run_phases(options: ReproduceOptions, pool=None) -> dict:
     started = time.perf_counter()
     after_imports = peak_rss_bytes()  # torch + torchvision loaded by this module's imports
     ctx = Context(options, _console(options.quiet), pool=pool)
+    tuned_before = autotune.stats()
     timings = run_phases(ctx, PHASES)
     total = time.perf_counter() - started
+    tuned = autotune.stats()
     results = {
         "format": "cnnlab.reproduce", "version": 1,
         "options": {**asdict(options), "out": str(options.out)},
@@ -185,6 +188,12 @@ def _run_phases(options: ReproduceOptions, pool=None) -> dict:
                       "children_bytes": peak_rss_bytes(children=True),
                       "after_imports_bytes": after_imports},
         "environment": environment(),
+        # the fast operators' autotuner in this process (phases run in a --nproc pool not
+        # included): shapes timed, seconds spent, the mode
+        "autotune": {"mode": autotune.mode(),
+                     "keys_tuned": tuned["keys_tuned"] - tuned_before["keys_tuned"],
+                     "tune_s": tuned["tune_s"] - tuned_before["tune_s"],
+                     "cache": tuned["cache"]},
     }
     results["budget"] = trainings.budget(results)
     _write_outputs(ctx, results)

@@ -125,6 +125,13 @@ def render_budget(results) -> str:
                   f"took {budget['training_wall_s']:.1f} s "
                   f"({100 * (budget['efficiency'] or 0):.0f}% of the matmul rate). Small feature maps (ResNet18's last stages are 2×2 and 1×1 on "
                   "32×32 inputs), batch norm, and per-step overhead keep real layers below it.", ""]
+    if budget.get("tune_s") is not None:
+        lines += [f"**Autotuner** (mode {budget['autotune_mode']}): {budget['tune_s']:.2f} s "
+                  "timing the fast operators' algorithms for "
+                  f"{budget['keys_tuned']} new shapes, the trainings' share "
+                  f"{budget['trainings_tune_s']:.2f} s (only LeNet trains on cnnlab's "
+                  "operators), included in the times above. The choices are cached on disk: a "
+                  "second run times nothing.", ""]
     load = (results.get("environment") or {}).get("load_average")
     if load:
         lines += [f"Load average when the run ended: {', '.join(f'{v:.2f}' for v in load)} "

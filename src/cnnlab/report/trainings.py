@@ -71,6 +71,7 @@ def _train_one(opts, all_data, name: str, seed: int, threads: int | None = None)
         "sizes": {"train": len(data.train), "dev": len(data.dev), "test": len(data.test)},
         "config": config.resolved().to_dict(),
         "phases_s": run.get("phases_s"),
+        "tune_s": (run.get("algorithms") or {}).get("tune_s", 0.0),   # the autotuner's timing
     }
 
 
@@ -230,6 +231,11 @@ def budget(results: dict) -> dict:
     floor = flops["total"] / rate if rate else None
     peak_gb = results["resources"]["peak_bytes"] / 1e9
     command_s = results.get("process_wall_s") or results["total_wall_s"]
+    # The autotuner's timing of new shapes (cnnlab.ops.autotune), inside the times above: in
+    # the trainings (each run's own, whichever process ran it) and in the whole command.
+    tuned = [r.get("tune_s") or 0.0 for name in lab.TRAINING_ORDER
+             for r in (results["phases"].get(f"train:{name}") or {}).get("runs", [])]
+    tuner = results.get("autotune") or {}
     return {
         # the whole command: interpreter start and imports included where the OS tells them
         "total_wall_s": results["total_wall_s"], "command_wall_s": command_s,
@@ -241,4 +247,6 @@ def budget(results: dict) -> dict:
         "training_wall_s": train_s, "training_flops": flops, "matmul_flops_per_s": rate,
         "floor_s": floor, "efficiency": floor / train_s if floor and train_s else None,
         "residual_claim": residual_claim(results),
+        "trainings_tune_s": sum(tuned), "tune_s": tuner.get("tune_s"),
+        "keys_tuned": tuner.get("keys_tuned"), "autotune_mode": tuner.get("mode"),
     }

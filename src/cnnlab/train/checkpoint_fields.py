@@ -23,6 +23,7 @@ _RUN_ID = re.compile(r"[0-9a-f]{32}")  # uuid4().hex
 _HISTORY_PAIRS = ("train_step_losses", "dev_losses", "dev_scores")
 RESUME_FIELDS = ("config", "step", "epoch", "optimizer", "rng", "epoch_step", "steps_per_epoch",
                  "model", "state_dict", "run_id")
+_SOURCES = ("tuned", "cache", "rule", "pinned")  # of an algorithm: autotune.decisions()
 _MT_WORDS = 624  # words of a Mersenne Twister state (Python's random adds 1: the position)
 
 
@@ -213,6 +214,26 @@ def _distributed(value):
             _fail(f"distributed.{key}", "a string", value[key])
 
 
+def _algorithms(value):
+    """The fast operators' algorithm per problem key (train/algorithms.py, `autotune.pin`'s form:
+    {"conv2d float32 nchw x64x6x14x14 ...": {"algorithm": "unfold", "source": "rule"}})."""
+    from cnnlab.ops import fast_conv, fast_pool
+
+    _dict("algorithms", value)
+    names = (*fast_conv.ALGORITHMS, *fast_pool.AVG_ALGORITHMS)
+    for key, choice in value.items():
+        if not (isinstance(key, str) and key.startswith(("conv2d ", "pool2d:"))):
+            _fail("algorithms", "a dict keyed by autotune problem keys ('conv2d ...')", key)
+        if not isinstance(choice, dict):
+            _fail(f"algorithms[{key!r}]", "a dict with 'algorithm' and 'source'", choice)
+        if choice.get("algorithm") not in names:
+            _fail(f"algorithms[{key!r}].algorithm", f"one of {', '.join(names)}",
+                  choice.get("algorithm"))
+        if choice.get("source") not in _SOURCES:
+            _fail(f"algorithms[{key!r}].source", f"one of {', '.join(_SOURCES)}",
+                  choice.get("source"))
+
+
 def _resumable(value):
     if not isinstance(value, bool):
         _fail("resumable", "True or False", value)
@@ -227,7 +248,7 @@ _CHECKS = {
     "scheduler": _scheduler, "rng": _rng, "resumable": _resumable, "grad_scaler": _grad_scaler,
     "epoch_step": lambda v: _count("epoch_step", v),
     "steps_per_epoch": lambda v: _count("steps_per_epoch", v),
-    "skipped_steps": _skipped_steps, "distributed": _distributed,
+    "skipped_steps": _skipped_steps, "distributed": _distributed, "algorithms": _algorithms,
 }
 
 

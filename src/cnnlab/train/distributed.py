@@ -14,6 +14,10 @@ The same mathematics as one process with the same global batch:
   DistributedSampler pads with repeated samples) and sums (loss sum, correct, count) over the
   processes.
 
+The fast operators (cnnlab's conv/pool layers) run the rules' algorithms on every process, or
+the ones a resumed run recorded (`cnnlab.train.algorithms`): the autotuner would time on each
+process, under each one's load, and could choose differently.
+
 Only rank 0 writes files and prints; every process computes everything else, so the collectives
 line up. A signal on any process stops all of them after the same step (`AgreedStop`).
 Every collective is bounded by the process group's timeout (`--dist-timeout`, config.DIST_TIMEOUT_S).

@@ -4,9 +4,11 @@ The run directory (`config.out`, default runs/<model>) receives:
     best.pt       the weights with the best dev score (cnnlab checkpoint, loadable by `evaluate`)
     history.json  train step losses, dev losses and scores with their steps, epoch losses
     curves.png    the lab's two panels (loss; dev accuracy)
-    last.pt       the resumable checkpoint (weights, optimizer, random states, data position)
+    last.pt       the resumable checkpoint (weights, optimizer, random states, data position,
+                  the fast operators' algorithms)
     run.json      config, library versions, hardware, wall time and phase times, peak RSS,
-                  best dev score, and the test accuracy/loss of best.pt
+                  best dev score, the test accuracy/loss of best.pt, and the algorithm each
+                  fast conv/pool layer ran (`cnnlab.train.algorithms`)
 Each file carries the run's id; the directory is locked while the run writes to it and a fresh
 run never mixes with another run's files (`cnnlab.train.rundir`).
 
@@ -28,6 +30,7 @@ import torch.nn.functional as F
 from cnnlab.data import TensorLoader, load_data, subset, to_device
 from cnnlab.errors import UserError
 from cnnlab.runinfo import write_run_json
+from cnnlab.train.algorithms import RunAlgorithms
 from cnnlab.train.checkpoint import load_checkpoint
 from cnnlab.train.config import TrainConfig
 from cnnlab.train.guard import safe_train
@@ -137,12 +140,15 @@ def train_run(config: TrainConfig, data=None, resume=None, init_state=None,
     if dist is not None:
         run_id = dist.broadcast_object(run_id)  # rank 0's: one run, one id
         directory = dist.run_directory
-    with directory(cfg.out, resuming=resume is not None, overwrite=overwrite) as out:
-        return _train_into(out, cfg, data, resume, init_state, run_id, t_start, dist)
+    # The fast operators' algorithms: the rules, the tuner or a resumed run's own (see
+    # cnnlab.train.algorithms), in force until the test is done.
+    with directory(cfg.out, resuming=resume is not None, overwrite=overwrite) as out, \
+            RunAlgorithms(cfg, resume, dist) as algorithms:
+        return _train_into(out, cfg, data, resume, init_state, run_id, t_start, algorithms, dist)
 
 
 def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t_start,
-                dist=None) -> dict:
+                algorithms: RunAlgorithms, dist=None) -> dict:
     writes = dist is None or dist.is_main
     phases = {}
     t = time.perf_counter()
@@ -153,6 +159,8 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
     runner, data, train_loader, dev_loader, test_loader = build_run(cfg, data, run_id, dist)
     if init_state is not None and resume is None:  # a resumed run restores its own weights
         load_state_strict(runner.model, init_state, source=f"initial weights {cfg.init}")
+    algorithms.watch(runner.model)
+    runner.algorithms = algorithms  # its record goes into best.pt and last.pt
     phases["build_s"] = time.perf_counter() - t
 
     t = time.perf_counter()
@@ -190,6 +198,7 @@ def _train_into(out: Path, cfg: TrainConfig, data, resume, init_state, run_id, t
         "tested_model": tested,
         "train_epoch_losses": list(runner.train_epoch_losses),
         "phases_s": {k: round(v, 3) for k, v in phases.items()},
+        "algorithms": algorithms.summary(),
         "device": str(runner.device),
         "train_images_per_s": _images_per_second(phases, first_step, runner.global_step,
                                                   len(data.train), cfg.batch_size),

@@ -79,6 +79,9 @@ class Runner:
         self.tta = False
         self.scheduler_per_step = False
         self.dist = None   # optional cnnlab.train.distributed.DistContext: data-parallel training
+        # optional cnnlab.train.algorithms.RunAlgorithms: the fast operators' algorithms this
+        # run used, stored in every checkpoint (a resumed run pins them)
+        self.algorithms = None
         self.reset_state()
 
     # ------------------------------------------------------------------ state
@@ -152,7 +155,8 @@ class Runner:
     def _checkpoint_payload(self, full: bool = False) -> dict:
         """The one place a checkpoint payload is built.
 
-        full=False (best.pt): weights, model spec, config, and the step/score they belong to.
+        full=False (best.pt): weights, model spec, config, the step/score they belong to, and
+        the fast operators' algorithms used so far (`algorithms`, when set).
         full=True: also the whole trainer `state_dict()` (optimizer, scheduler, histories).
         """
         extra = {"run_id": self.run_id, "config": self.config, "step": self.global_step,
@@ -162,6 +166,8 @@ class Runner:
             extra.update(self.state_dict())
         if self.dist is not None:
             extra["distributed"] = self.dist.describe()
+        if self.algorithms is not None:
+            extra["algorithms"] = self.algorithms.record()
         return ckpt.model_payload(self.model_spec["name"], self.model_spec.get("kwargs", {}),
                                   self.model, **extra)
 
