@@ -50,7 +50,9 @@ def save_sample_grid(images, labels, preds, names, title: str, path, columns: in
     images = np.asarray(images)
     n = len(images)
     rows = max(1, -(-n // columns))
-    fig = Figure(figsize=(1.6 * columns, 1.8 * rows + 0.4))
+    # constrained layout leaves room for each two-line title (tight_layout let them run into the
+    # row above: the images keep their aspect ratio)
+    fig = Figure(figsize=(1.6 * columns, 2.0 * rows + 0.4), layout="constrained")
     for k in range(n):
         ax = fig.add_subplot(rows, columns, k + 1)
         ax.imshow(images[k].transpose(1, 2, 0))  # [3,32,32] -> [32,32,3] RGB
@@ -60,5 +62,4 @@ def save_sample_grid(images, labels, preds, names, title: str, path, columns: in
         ax.set_xticks([])
         ax.set_yticks([])
     fig.suptitle(title + "  (above each: true class / predicted class)", fontsize=10)
-    fig.tight_layout(rect=(0, 0, 1, 0.96))
     return write_figure(path, fig, dpi=100)
