@@ -29,6 +29,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/limits.py
 	$(BIN)/python benchmarks/cifar_load.py
 	$(BIN)/python benchmarks/cifar.py --quick --clock cpu
+	$(BIN)/python benchmarks/explore.py
+	$(BIN)/python benchmarks/ddp.py
 
 # Every GPU measurement in one run (under 10 minutes); fails at once without a GPU.
 bench-gpu: $(STAMP)
