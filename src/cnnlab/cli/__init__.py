@@ -31,6 +31,10 @@ COMMAND_MODULES = [
 ]
 
 
+DESCRIPTION = ("The convolutional-network lab of NNDL chapter 5 (实验5) on PyTorch: the lab's "
+               "operators, models, trainings (MNIST, CIFAR-10) and its whole reproduction.")
+
+
 class _Parser(argparse.ArgumentParser):
     # argparse exits with status 2 on a usage error already; keep its message to one line.
     def error(self, message):
@@ -38,7 +42,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="cnnlab", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="cnnlab", description=DESCRIPTION)
     parser.add_argument("--version", action="version", version=f"cnnlab {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True

@@ -9,7 +9,7 @@ from pathlib import Path
 def register(sub):
     p = sub.add_parser(
         "reproduce",
-        help="re-run all of part 1 of the lab and write DIR/report.md",
+        help="re-run the lab (part 1; --part 2: CIFAR-10) and write DIR/report.md",
         description=(
             "Re-run part 1 of the NNDL chapter-5 lab, in order: the operator worked examples and "
             "equivalence checks, the Laplacian edge figure, LeNet's shape walk, parameter and "
