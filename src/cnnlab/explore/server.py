@@ -24,7 +24,6 @@ import base64
 import io
 import ipaddress
 import json
-import math
 import random
 import socket
 import sys
@@ -35,6 +34,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from urllib.parse import parse_qs, urlsplit
 
+from cnnlab.atomic import json_ready
 from cnnlab.explore.inputs import ImageError, decode_image
 
 MAX_BODY = 5 * 1024 * 1024
@@ -48,17 +48,6 @@ STATIC = {  # URL path -> (file in cnnlab/explore/static, content type); nothing
     "/static/formula.js": ("formula.js", "text/javascript; charset=utf-8"),
     "/static/style.css": ("style.css", "text/css; charset=utf-8"),
 }
-
-
-def _finite(obj):
-    """obj with every NaN or infinite float replaced by None."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {key: _finite(value) for key, value in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(value) for value in obj]
-    return obj
 
 
 class HttpError(Exception):
@@ -177,7 +166,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             text = json.dumps(obj, separators=(",", ":"), allow_nan=False)
         except ValueError:  # a diverged model's NaN: JSON has no such number, the page gets null
-            text = json.dumps(_finite(obj), separators=(",", ":"), allow_nan=False)
+            text = json.dumps(json_ready(obj), separators=(",", ":"), allow_nan=False)
         self._send(status, text.encode(), "application/json")
 
     def _check_host(self):
