@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
 from cnnlab.report import sections, training_section
-from cnnlab.report.markdown_helpers import fmt, machine_line, mark, plus_minus, table
+from cnnlab.report.markdown_helpers import fmt, mark, plus_minus, report_header, table
 
 
 def render_report(results: dict) -> str:
@@ -35,17 +35,14 @@ def _title(results) -> str:
         cmd += f" --seeds {opts['seeds']}"
     if opts.get("quick"):
         cmd += " --quick"
-    lines = ["# The NNDL chapter-5 lab (实验5, part 1) re-run with cnnlab", ""]
-    if opts.get("quick"):
-        lines += ["> **Quick smoke run** (`--quick`): tiny data subsets and 1 epoch, so the accuracies "
-                  "below are NOT comparable with the lab's. Run without `--quick` for the real "
-                  "reproduction.", ""]
-    lines += [f"Command: `{cmd}`  ", f"Written: {env.get('date', '–')}  ",
-              f"Machine: {machine_line(env)}", "",
-              "Each figure is shown beside **the lab's published one** (" + lab.LAB_SOURCE + ") "
-              "and, where it exists, **the original Paddle code's measured one** ("
-              + lab.ORIGINAL_SOURCE + ").", ""]
-    return "\n".join(lines)
+    quick = ("tiny data subsets and 1 epoch, so the accuracies below are NOT comparable with "
+             "the lab's. Run without `--quick` for the real reproduction.")
+    return report_header(
+        "# The NNDL chapter-5 lab (实验5, part 1) re-run with cnnlab", cmd,
+        quick if opts.get("quick") else None, env,
+        "Each figure is shown beside **the lab's published one** (" + lab.LAB_SOURCE + ") "
+        "and, where it exists, **the original Paddle code's measured one** ("
+        + lab.ORIGINAL_SOURCE + ").")
 
 
 def _summary(results) -> str:

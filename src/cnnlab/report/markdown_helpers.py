@@ -82,3 +82,15 @@ def machine_line(env) -> str:
     parts += [f"{k} {versions[k]}" for k in ("torch", "torchvision") if versions.get(k)]
     parts.append(f"Python {env.get('python', MISSING)}")
     return ", ".join(parts)
+
+
+def report_header(heading: str, command: str, quick_note: str | None, env: dict,
+                  sources: str) -> str:
+    """The top of a reproduce report: its heading, the quick-run warning (when `quick_note`),
+    the command, the date, the machine, and the line naming what the figures stand beside."""
+    lines = [heading, ""]
+    if quick_note:
+        lines += [f"> **Quick smoke run** (`--quick`): {quick_note}", ""]
+    lines += [f"Command: `{command}`  ", f"Written: {env.get('date', MISSING)}  ",
+              f"Machine: {machine_line(env)}", "", sources, ""]
+    return "\n".join(lines)

@@ -6,7 +6,7 @@ notebook. `render_report(results) -> str`."""
 from __future__ import annotations
 
 from cnnlab.report import lab_figures as lab
-from cnnlab.report.markdown_helpers import MISSING, fmt, machine_line, mark, table
+from cnnlab.report.markdown_helpers import MISSING, fmt, mark, report_header, table
 
 TITLES = {"lab": "The lab recipe (the notebook exactly)", "fast": "The fast recipe"}
 
@@ -31,17 +31,13 @@ def _title(results) -> str:
     opts, env = results["options"], results.get("environment", {})
     cmd = f"cnnlab reproduce --part 2 --data {opts['data']} --out {opts['out']}"
     cmd += " --quick" if opts.get("quick") else ""
-    lines = ["# The NNDL chapter-5 lab, part 2 (实验5(下)): ResNet18 on CIFAR-10, re-run with "
-             "cnnlab", ""]
-    if opts.get("quick"):
-        lines += ["> **Quick smoke run** (`--quick`): a few hundred images of each part and 1 "
-                  "epoch, so the accuracies below are NOT comparable with the notebook's. Run "
-                  "without `--quick` for the real reproduction.", ""]
-    lines += [f"Command: `{cmd}`  ", f"Written: {env.get('date', MISSING)}  ",
-              f"Machine: {machine_line(env)}", "",
-              f"Each figure of the lab recipe is shown beside **the notebook's printed one** "
-              f"and the printed book's ({lab.PART2_SOURCE}).", ""]
-    return "\n".join(lines)
+    quick = ("a few hundred images of each part and 1 epoch, so the accuracies below are NOT "
+             "comparable with the notebook's. Run without `--quick` for the real reproduction.")
+    return report_header(
+        "# The NNDL chapter-5 lab, part 2 (实验5(下)): ResNet18 on CIFAR-10, re-run with cnnlab",
+        cmd, quick if opts.get("quick") else None, env,
+        f"Each figure of the lab recipe is shown beside **the notebook's printed one** and the "
+        f"printed book's ({lab.PART2_SOURCE}).")
 
 
 def _summary(results) -> str:
